@@ -1,0 +1,99 @@
+"""Every number that crosses the wire or bounds a buffer, in one place.
+
+docs/SPEC.md §11 ("Constants") is the normative table; this module is its
+executable copy.  Other modules name these constants and never restate them,
+so a port to C can be checked against a single file.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+#: The single protocol version and cipher suite.  There is nothing to
+#: negotiate and therefore nothing to downgrade to (SPEC §2).  The name is
+#: hashed into every handshake transcript, so a peer speaking anything else
+#: derives different keys and fails authentication.
+SUITE_NAME: Final = b"pumpguard/1 KK-X25519 AES-CCM-16-64-128 SHA-256"
+
+# --- Link framing (SPEC §3) -------------------------------------------------
+
+#: Byte that ends every link frame; COBS guarantees it appears nowhere else.
+FRAME_DELIMITER: Final = 0x00
+#: CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), big-endian, after the record.
+CRC_LEN: Final = 2
+CRC_INIT: Final = 0xFFFF
+#: Largest record (header + body + tag) a link frame may carry.
+MAX_RECORD_LEN: Final = 256
+#: Largest COBS-encoded frame, delimiter excluded: COBS adds at most one byte
+#: per 254 and one more at the start.
+MAX_ENCODED_FRAME_LEN: Final = (MAX_RECORD_LEN + CRC_LEN) + (MAX_RECORD_LEN + CRC_LEN) // 254 + 1
+
+
+class RecordType(enum.IntEnum):
+    """First byte of every record (SPEC §4).  Unknown values are dropped."""
+
+    #: Session handshake, remote -> pump (SPEC §6.2).
+    HANDSHAKE_INIT = 0x01
+    #: Session handshake, pump -> remote (SPEC §6.3).
+    HANDSHAKE_RESP = 0x02
+    #: Protected application data under session keys (SPEC §7).
+    DATA = 0x03
+    #: Pairing messages, remote -> pump and pump -> remote (SPEC §9).
+    PAIR_REQUEST = 0x10
+    PAIR_RESPONSE = 0x11
+    PAIR_REVEAL = 0x12
+    PAIR_CONFIRM = 0x13
+    PAIR_RESULT = 0x14
+
+
+# --- Primitive sizes (SPEC §5) ----------------------------------------------
+
+X25519_KEY_LEN: Final = 32
+HASH_LEN: Final = 32
+AEAD_KEY_LEN: Final = 16
+#: AES-CCM with L = 2: 13-byte nonce, payload up to 65535 bytes.
+AEAD_NONCE_LEN: Final = 13
+#: 64-bit tag, as in OSCORE's default AES-CCM-16-64-128 and BLE.
+TAG_LEN: Final = 8
+
+# --- Protected records (SPEC §7) --------------------------------------------
+
+#: type (1) || counter (4, big-endian).
+COUNTER_LEN: Final = 4
+HEADER_LEN: Final = 1 + COUNTER_LEN
+#: Per-direction static IV; nonce = header (5) || iv (8).
+IV_LEN: Final = AEAD_NONCE_LEN - HEADER_LEN
+#: Everything a protected record adds to its plaintext.
+RECORD_OVERHEAD: Final = HEADER_LEN + TAG_LEN
+#: Largest plaintext one DATA record carries.
+MAX_PLAINTEXT_LEN: Final = MAX_RECORD_LEN - RECORD_OVERHEAD
+#: Counters run 0 .. COUNTER_LIMIT - 1.  A sender never uses COUNTER_LIMIT or
+#: above and a receiver refuses it, so a counter can never wrap (S11).
+COUNTER_LIMIT: Final = 0xFFFF_FFFF
+#: A session asks for a rekey once it has sent this many records; the hard
+#: limit above leaves room for ~2^31 more while the rekey happens.
+REKEY_AFTER_RECORDS: Final = 1 << 31
+#: Replay window width in counters (SPEC §7.3); one 64-bit word in C.
+REPLAY_WINDOW: Final = 64
+
+# --- Session lifetime (SPEC §8) ---------------------------------------------
+
+#: A session this old asks for a new handshake ...
+SESSION_REKEY_AFTER_S: Final = 1800.0
+#: ... and one this old is refused by both sides.
+SESSION_MAX_AGE_S: Final = 3600.0
+#: A session unused for this long is dropped by the pump.
+SESSION_IDLE_TIMEOUT_S: Final = 300.0
+#: The pump remembers this many recent HANDSHAKE_INIT ephemeral keys and
+#: refuses a repeat before any public-key work (SPEC §6.5).
+RECENT_HANDSHAKES: Final = 32
+
+# --- Handshake (SPEC §6) ----------------------------------------------------
+
+HANDSHAKE_INIT_LEN: Final = 1 + X25519_KEY_LEN + TAG_LEN
+HANDSHAKE_RESP_LEN: Final = 1 + X25519_KEY_LEN + TAG_LEN
+#: Labels fed to HKDF.  Distinct labels keep derived keys independent.
+LABEL_SPLIT: Final = b"pumpguard/1 split"
+#: Most remotes a pump keeps paired at once (SPEC §9).
+MAX_REMOTES: Final = 4
