@@ -39,12 +39,13 @@ class RecordType(enum.IntEnum):
     HANDSHAKE_RESP = 0x02
     #: Protected application data under session keys (SPEC §7).
     DATA = 0x03
-    #: Pairing messages, remote -> pump and pump -> remote (SPEC §9).
+    #: Pairing (SPEC §9), in the order they are sent.
     PAIR_REQUEST = 0x10
-    PAIR_RESPONSE = 0x11
-    PAIR_REVEAL = 0x12
-    PAIR_CONFIRM = 0x13
-    PAIR_RESULT = 0x14
+    PAIR_COMMIT = 0x11
+    PAIR_REMOTE_NONCE = 0x12
+    PAIR_PUMP_NONCE = 0x13
+    PAIR_REMOTE_CONFIRM = 0x14
+    PAIR_PUMP_CONFIRM = 0x15
 
 
 # --- Primitive sizes (SPEC §5) ----------------------------------------------
@@ -97,3 +98,17 @@ HANDSHAKE_RESP_LEN: Final = 1 + X25519_KEY_LEN + TAG_LEN
 LABEL_SPLIT: Final = b"pumpguard/1 split"
 #: Most remotes a pump keeps paired at once (SPEC §9).
 MAX_REMOTES: Final = 4
+
+# --- Therapy units and factory limits (SPEC §12) ----------------------------
+
+#: Insulin is counted on the wire and in the ledger in pulses of the pump's
+#: motor, never in floating-point units.  One pulse is 0.05 U.
+PULSE_MILLIUNITS: Final = 50
+#: Factory limits (S6): what a new pump enforces until a prescriber policy
+#: replaces them.  The brief: no more than 10 U in one bolus.
+FACTORY_MAX_BOLUS_PULSES: Final = 200  # 10 U
+FACTORY_MAX_1H_PULSES: Final = 300  # 15 U per rolling hour
+FACTORY_MAX_24H_PULSES: Final = 1000  # 50 U per rolling 24 hours
+#: Bolus limits never exceed these, whatever a policy says.
+ABSOLUTE_MAX_BOLUS_PULSES: Final = 500  # 25 U
+ABSOLUTE_MAX_24H_PULSES: Final = 4000  # 200 U
