@@ -112,3 +112,86 @@ FACTORY_MAX_24H_PULSES: Final = 1000  # 50 U per rolling 24 hours
 #: Bolus limits never exceed these, whatever a policy says.
 ABSOLUTE_MAX_BOLUS_PULSES: Final = 500  # 25 U
 ABSOLUTE_MAX_24H_PULSES: Final = 4000  # 200 U
+
+# --- Pairing (SPEC §9) ------------------------------------------------------
+
+PAIR_NONCE_LEN: Final = 16
+PAIR_CONFIRM_LEN: Final = 16
+#: Digits of the comparison code: a man in the middle succeeds with
+#: probability exactly 10^-SAS_DIGITS per attempt.
+SAS_DIGITS: Final = 6
+LABEL_PAIR_COMMIT: Final = b"pumpguard/1 pair commit"
+LABEL_PAIR_SAS: Final = b"pumpguard/1 pair code"
+LABEL_PAIR_CONFIRM: Final = b"pumpguard/1 pair confirm"
+
+# --- Application messages (SPEC §12) ----------------------------------------
+
+
+class MessageType(enum.IntEnum):
+    """First element of every CBOR message inside a DATA record (SPEC §12)."""
+
+    # Requests, remote -> pump.
+    STATUS_REQUEST = 0x01
+    BOLUS_PREPARE = 0x02
+    BOLUS_COMMIT = 0x03
+    COMMAND_QUERY = 0x04
+    BOLUS_CANCEL = 0x05
+    HISTORY_REQUEST = 0x06
+    POLICY_UPLOAD = 0x07
+    UNPAIR = 0x08
+    # Responses, pump -> remote.
+    STATUS = 0x81
+    BOLUS_CHALLENGE = 0x82
+    COMMAND_OUTCOME = 0x83
+    HISTORY = 0x84
+    OK = 0x85
+    REFUSED = 0xFF
+
+
+class Outcome(enum.IntEnum):
+    """What became of a bolus command id (SPEC §12.4).  Stored by the pump."""
+
+    #: The pump never committed this id; any challenge issued for it is void.
+    UNKNOWN = 0
+    #: Committed; delivery under way.
+    IN_PROGRESS = 1
+    #: Every requested pulse delivered.
+    DELIVERED = 2
+    #: Stopped by a cancel; ``delivered`` says how much went in.
+    CANCELLED = 3
+    #: Stopped by power loss, an alarm or suspend; ``delivered`` says how much.
+    INTERRUPTED = 4
+
+
+class RefusalCode(enum.IntEnum):
+    """Reasons in a REFUSED response.  Sent only inside an authenticated session."""
+
+    MALFORMED_REQUEST = 1
+    REMOTE_BOLUS_DISABLED = 2
+    OVER_SINGLE_LIMIT = 3
+    OVER_1H_LIMIT = 4
+    OVER_24H_LIMIT = 5
+    CHALLENGE_INVALID = 6
+    COMMAND_ID_CONFLICT = 7
+    BUSY = 8
+    DELIVERY_UNAVAILABLE = 9
+    POLICY_INVALID = 10
+    POLICY_ROLLBACK = 11
+    NO_PRESCRIBER = 12
+    SAFE_STATE = 13
+    NOTHING_TO_CANCEL = 14
+
+
+COMMAND_ID_LEN: Final = 16
+CHALLENGE_LEN: Final = 16
+#: A bolus must be committed within this long after its challenge was
+#: issued, on the pump's clock (S3).
+BOLUS_CHALLENGE_TTL_S: Final = 30.0
+#: Largest policy body and request id.
+MAX_POLICY_LEN: Final = 96
+MAX_REQUEST_ID: Final = 0xFFFF
+#: Pump id: the first bytes of SHA-256 of the pump's static public key.
+PUMP_ID_LEN: Final = 8
+ED25519_PUBLIC_LEN: Final = 32
+ED25519_SIGNATURE_LEN: Final = 64
+LABEL_POLICY: Final = b"pumpguard/1 limits policy"
