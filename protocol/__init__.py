@@ -61,6 +61,7 @@ from .primitives import (
     x25519_public_bytes,
 )
 from .session import SecureSession, SessionKeys
+from .units import pulses_to_float_units, pulses_to_units, units_to_pulses
 from .wire import MessageType, Outcome, RecordType, RefusalCode
 
 __all__ = [
@@ -116,8 +117,11 @@ __all__ = [
     "encode_message",
     "encode_policy",
     "paired_peer",
+    "pulses_to_float_units",
+    "pulses_to_units",
     "pump_id",
     "sign_policy",
+    "units_to_pulses",
     "verify_policy",
     "wire",
     "x25519_private",

@@ -76,6 +76,8 @@ def decode_frame(encoded: bytes) -> bytes:
     if len(raw) <= CRC_LEN:
         raise FramingError("frame shorter than its CRC")
     record, check = raw[:-CRC_LEN], raw[-CRC_LEN:]
+    if len(record) > MAX_RECORD_LEN:
+        raise FramingError("record longer than the maximum")
     if crc16(record).to_bytes(CRC_LEN, "big") != check:
         raise FramingError("CRC mismatch")
     return record
