@@ -18,15 +18,15 @@ from __future__ import annotations
 import binascii
 
 from .errors import FramingError, LocalProtocolError
-from .wire import CRC_INIT, CRC_LEN, MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
+from .wire import CRC_INIT, CRC_LEN, CRC_XOROUT, MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
 
 _ZERO = b"\x00"
 _MAX_BLOCK = 254
 
 
 def crc16(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE.  Check value: ``crc16(b"123456789") == 0x29B1``."""
-    return binascii.crc_hqx(data, CRC_INIT)
+    """CRC-16/GENIBUS.  Check value: ``crc16(b"123456789") == 0xD64E``."""
+    return binascii.crc_hqx(data, CRC_INIT) ^ CRC_XOROUT
 
 
 def cobs_encode(data: bytes) -> bytes:
@@ -94,7 +94,7 @@ class FrameDecoder:
     >>> decoder.next_record()
     Traceback (most recent call last):
       ...
-    protocol.errors.FramingError: CRC mismatch
+    protocol.errors.FramingError: COBS code byte points past the frame
     >>> decoder.receive_data(encode_frame(b"\\x03hello"))
     >>> decoder.next_record()
     b'\\x03hello'

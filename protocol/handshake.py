@@ -165,8 +165,8 @@ class HandshakeInitiator:
 
     def start(self) -> bytes:
         """Return the HANDSHAKE_INIT record."""
-        if self._ephemeral is not None:
-            raise LocalProtocolError("handshake already started")
+        if self._ephemeral is not None or self._done:
+            raise LocalProtocolError("handshake already started; an initiator is single use")
         self._ephemeral = x25519_private(self._random_bytes(X25519_KEY_LEN))
         e_public = x25519_public_bytes(self._ephemeral)
         # h = SHA-256(h || 0x01 || E_r); tag1 = AEAD(k1, 0, ad=h, ""); h = SHA-256(h || tag1)

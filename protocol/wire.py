@@ -20,9 +20,13 @@ SUITE_NAME: Final = b"pumpguard/1 KK-X25519 AES-CCM-16-64-128 SHA-256"
 
 #: Byte that ends every link frame; COBS guarantees it appears nowhere else.
 FRAME_DELIMITER: Final = 0x00
-#: CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), big-endian, after the record.
+#: CRC-16/GENIBUS (poly 0x1021, init 0xFFFF, final XOR 0xFFFF), big-endian,
+#: after the record.  The final XOR matters: without it a record followed by
+#: its own CRC checks to zero, so a stray 0x01 before the delimiter (which
+#: COBS decodes as one more zero byte) would still pass.
 CRC_LEN: Final = 2
 CRC_INIT: Final = 0xFFFF
+CRC_XOROUT: Final = 0xFFFF
 #: Largest record (header + body + tag) a link frame may carry.
 MAX_RECORD_LEN: Final = 256
 #: Largest COBS-encoded frame, delimiter excluded: COBS adds at most one byte

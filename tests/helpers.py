@@ -218,4 +218,4 @@ def tr(data: bytes, expected: Sequence[DecoderEvent], seed: int = 0) -> None:
     ]
     for split in splitters:
         assert feed(split(data)) == list(expected)
-        assert feed(split(data) + [b"\x01\x02trailing"]) == list(expected)
+        assert feed([*split(data), b"\x01\x02trailing"]) == list(expected)

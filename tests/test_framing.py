@@ -15,13 +15,14 @@ Attacks and faults these tests stop:
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
+from helpers import FRAMING_ERROR, DecoderEvent, drain, feed, tr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import FRAMING_ERROR, DecoderEvent, drain, feed, tr
 from protocol import FrameDecoder, FramingError, LocalProtocolError, decode_frame, encode_frame
 from protocol.framing import cobs_decode, cobs_encode, crc16
 from protocol.wire import CRC_LEN, MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
@@ -53,16 +54,16 @@ def reference_events(stream: bytes) -> list[DecoderEvent]:
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at the given offsets (taken modulo its length, sorted)."""
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 # --- CRC and COBS ---------------------------------------------------------------
 
 
-def test_crc16_is_ccitt_false() -> None:
-    # CRC-16/CCITT-FALSE check value from the CRC catalogue (poly 0x1021, init 0xFFFF).
-    assert crc16(b"123456789") == 0x29B1
-    assert crc16(b"") == 0xFFFF
+def test_crc16_is_genibus() -> None:
+    # CRC-16/GENIBUS check value from the CRC catalogue (poly 0x1021, init and xorout 0xFFFF).
+    assert crc16(b"123456789") == 0xD64E
+    assert crc16(b"") == 0x0000  # init 0xFFFF, final XOR 0xFFFF
 
 
 @pytest.mark.parametrize(
@@ -194,12 +195,36 @@ def test_decode_frame_refusals() -> None:
         cobs_encode(b"\x12\x34"),  # only a CRC's worth of bytes
         cobs_encode(b"\x03hello" + b"\x00\x00"),  # wrong CRC
         good[:-1],  # truncated
-        good + b"\x01",  # extended
+        good + b"\x02\x55",  # extended
         b"\x07" * (MAX_ENCODED_FRAME_LEN + 1),  # longer than any frame
     ]
     for bad in cases:
         with pytest.raises(FramingError):
             decode_frame(bad)
+
+
+def test_decode_frame_refuses_appended_zero_bytes() -> None:
+    """SPEC §3: with CRC-16/CCITT-FALSE (no final XOR) CRC(m || crc(m)) == 0,
+    so a stray 0x01 before the delimiter (one more zero byte after COBS)
+    passed the check for every frame.  The final XOR of CRC-16/GENIBUS stops it."""
+    for record in (b"\x03hello", bytes(range(1, 100)), b"\x02" * MAX_RECORD_LEN):
+        for extra in (b"\x01", b"\x01\x01", b"\x01\x01\x01"):
+            with pytest.raises(FramingError):
+                decode_frame(encode_frame(record)[:-1] + extra)
+
+
+def test_decode_frame_never_returns_an_oversized_record() -> None:
+    """SPEC §3: a record is at most MAX_RECORD_LEN bytes, checked on receive too.
+
+    A record of zeros COBS-encodes compactly, so one byte past the limit still
+    fits the encoded-frame bound; only a check on the record itself refuses it.
+    """
+    record = bytes(MAX_RECORD_LEN + 1)
+    raw = record + crc16(record).to_bytes(CRC_LEN, "big")
+    encoded = cobs_encode(raw)
+    assert len(encoded) <= MAX_ENCODED_FRAME_LEN  # fits the frame bound ...
+    with pytest.raises(FramingError):  # ... but carries a 257-byte record
+        decode_frame(encoded)
 
 
 def test_decode_frame_refuses_every_single_bit_flip() -> None:

@@ -385,13 +385,13 @@ def test_hkdf_sha256_refuses_impossible_length(length: int) -> None:
         hkdf_sha256(salt=b"", ikm=b"ikm", info=b"", length=length)
 
 
-# --- CRC-16/CCITT-FALSE (SPEC §3) ---------------------------------------------
+# --- CRC-16/GENIBUS (SPEC §3) ---------------------------------------------
 
 
 def test_crc16_check_value() -> None:
-    # The catalogue check value of CRC-16/CCITT-FALSE (a.k.a. CRC-16/IBM-3740).
-    assert crc16(b"123456789") == 0x29B1
+    # The catalogue check value of CRC-16/GENIBUS (poly 0x1021, init and xorout 0xFFFF).
+    assert crc16(b"123456789") == 0xD64E
 
 
-def test_crc16_of_empty_input_is_init() -> None:
-    assert crc16(b"") == 0xFFFF
+def test_crc16_of_empty_input_is_init_xor_xorout() -> None:
+    assert crc16(b"") == 0x0000  # init 0xFFFF, final XOR 0xFFFF

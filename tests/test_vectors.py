@@ -196,13 +196,13 @@ def _ref_open(key: bytes, iv: bytes, record: bytes) -> tuple[int, bytes]:
 
 
 def _ref_crc16(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE, bit by bit (SPEC §3)."""
+    """CRC-16/GENIBUS, bit by bit (SPEC §3)."""
     crc = 0xFFFF
     for byte in data:
         crc ^= byte << 8
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
-    return crc
+    return crc ^ 0xFFFF
 
 
 def _ref_frame(record: bytes) -> bytes:
