@@ -1,0 +1,1 @@
+"""The simulated pump firmware: delivery, limits, storage, audit, front panel, UART."""

@@ -1,0 +1,1 @@
+"""The remote: client library, serial transports and the pumpctl command line."""
