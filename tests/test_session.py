@@ -104,24 +104,20 @@ class Receiver:
         """Everything a receiver's window decides, observed from outside.
 
         ``(highest accepted, counters inside the window already seen, whether
-        highest + 1 is accepted)``, found by opening genuine records on a
-        shallow copy, so the session itself is untouched.  (The window's state
-        is two ints; were it ever a mutable object, the copy would share it
-        and these tests would fail loudly.)  Counters in the window are probed
-        in ascending order at or below the top, so probing one cannot change
-        the verdict on another.
+        highest + 1 is accepted)``, found with the read-only
+        ``check_counter``, so the session itself is untouched.
         """
-        probe = copy.copy(self.session)
+        probe = self.session
         top = probe.highest_received
         seen = set()
         for counter in range(max(0, top - W + 1), top + 1):
             try:
-                probe.open(self.record(counter))
+                probe.check_counter(counter)
             except ReplayRefused:
                 seen.add(counter)
         next_ok = True
         try:
-            probe.open(self.record(top + 1))
+            probe.check_counter(top + 1)
         except ReplayRefused:
             next_ok = False
         return top, frozenset(seen), next_ok
@@ -724,3 +720,12 @@ class ReplayAdversary(RuleBasedStateMachine):
 
 
 TestReplayAdversary = ReplayAdversary.TestCase
+
+
+def test_a_session_cannot_be_copied() -> None:
+    """Two copies would reuse send counters (nonce reuse) and accept a record twice."""
+    remote, _ = session_pair()
+    with pytest.raises(LocalProtocolError):
+        copy.copy(remote)
+    with pytest.raises(LocalProtocolError):
+        copy.deepcopy(remote)
