@@ -405,10 +405,18 @@ class RecordChannel:
     if the link itself is thread-safe (:class:`MemoryLink` is).
     """
 
-    def __init__(self, link: Link, *, on_frame: FrameCallback | None = None) -> None:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        on_frame: FrameCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._link = link
         self._decoder = FrameDecoder()
         self._on_frame = on_frame
+        # Injected so a simulated link can run on simulated time.
+        self._clock = clock
 
     @property
     def link(self) -> Link:
@@ -452,13 +460,13 @@ class RecordChannel:
         Raises:
             LinkError: the link failed or was closed.
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = self._clock() + max(0.0, timeout)
         have_read = False
         while True:
             record = self._next_record()
             if record is not None:
                 return record
-            now = time.monotonic()
+            now = self._clock()
             if have_read and now >= deadline:
                 return None
             data = self._link.read(max(0.0, deadline - now))

@@ -13,6 +13,7 @@ rule there.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final
 
@@ -278,7 +279,10 @@ def encode_message(message: Message) -> bytes:
         LocalProtocolError: a field is out of its schema's bounds, or the
             encoding would not fit in one DATA record.
     """
-    values = [getattr(message, f.name) for f in fields(message)]  # type: ignore[arg-type]
+    values = [
+        int(value) if isinstance(value, enum.IntEnum) else value
+        for value in (getattr(message, f.name) for f in fields(message))  # type: ignore[arg-type]
+    ]
     try:
         _check(values[0], _U16)
         for value, kind in zip(values[1:], message.SCHEMA, strict=True):
