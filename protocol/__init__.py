@@ -61,6 +61,7 @@ from .primitives import (
     x25519_public_bytes,
 )
 from .session import SecureSession, SessionKeys
+from .trace import describe_record
 from .units import pulses_to_float_units, pulses_to_units, units_to_pulses
 from .wire import MessageType, Outcome, RecordType, RefusalCode
 
@@ -113,6 +114,7 @@ __all__ = [
     "constant_time_equal",
     "decode_frame",
     "decode_message",
+    "describe_record",
     "encode_frame",
     "encode_message",
     "encode_policy",
