@@ -5,7 +5,7 @@ Bytes and events in, bytes and events out.  Time (``now``) and randomness
 ``host`` import only the names re-exported here.  See docs/SPEC.md.
 """
 
-from . import wire
+from . import audit_entry, legacy, wire
 from .errors import (
     AuthenticationFailed,
     CounterExhausted,
@@ -109,6 +109,7 @@ __all__ = [
     "Status",
     "StatusRequest",
     "Unpair",
+    "audit_entry",
     "check_x25519_public",
     "comparison_code",
     "constant_time_equal",
@@ -118,6 +119,7 @@ __all__ = [
     "encode_frame",
     "encode_message",
     "encode_policy",
+    "legacy",
     "paired_peer",
     "pulses_to_float_units",
     "pulses_to_units",

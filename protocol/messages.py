@@ -25,6 +25,7 @@ from .wire import (
     COMMAND_ID_LEN,
     ED25519_PUBLIC_LEN,
     ED25519_SIGNATURE_LEN,
+    MAX_AUDIT_SIGNED_LEN,
     MAX_PLAINTEXT_LEN,
     MAX_POLICY_LEN,
     MAX_REQUEST_ID,
@@ -222,7 +223,7 @@ class History(Message):
     """
 
     TYPE = MessageType.HISTORY
-    SCHEMA = (("bytes", 0, 200), _U64)
+    SCHEMA = (("bytes", 0, MAX_AUDIT_SIGNED_LEN), _U64)
     request_id: int
     entry: bytes
     next_seq: int

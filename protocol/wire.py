@@ -199,3 +199,6 @@ PUMP_ID_LEN: Final = 8
 ED25519_PUBLIC_LEN: Final = 32
 ED25519_SIGNATURE_LEN: Final = 64
 LABEL_POLICY: Final = b"pumpguard/1 limits policy"
+#: Largest signed audit entry (entry || Ed25519 signature): one per History
+#: response (SPEC §12.2, §13.4).
+MAX_AUDIT_SIGNED_LEN: Final = 200

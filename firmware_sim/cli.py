@@ -1,0 +1,244 @@
+"""``pumpsim``: run the simulated pump on a serial port, or read its state offline.
+
+    pumpsim --port PORT --state DIR [--auto-confirm] [--remote-bolus]
+            [--prescriber-key FILE] [--time-scale X] [-v]
+    pumpsim status --state DIR [--json]
+    pumpsim log --state DIR [--json]
+
+The terminal is the pump's front panel: what the pump shows is printed, and
+the flags stand in for a person at the pump, each announcing loudly what it
+simulates.  Exit status: 0 success, 2 usage, port or state-directory error,
+1 a log that does not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protocol import describe_record
+
+from . import offline
+from .legacy import LegacyPump
+from .panel import Button, PanelEvent
+from .pump import Pump, PumpMode
+from .runner import ScaledClock, run_pump
+from .uart import Uart, UartError
+
+log = logging.getLogger("pumpguard.pumpsim")
+
+
+class CliError(Exception):
+    """One line for stderr; exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["status"]:
+            return _status(_offline_parser("status").parse_args(args[1:]))
+        if args[:1] == ["log"]:
+            return _log(_offline_parser("log").parse_args(args[1:]))
+        return _run(_run_parser().parse_args(args))
+    except (CliError, offline.OfflineError) as exc:
+        print(f"pumpsim: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pumpsim",
+        description="Run the simulated pump firmware on a serial port until stopped "
+        "(also: 'pumpsim status --state DIR', 'pumpsim log --state DIR').",
+    )
+    parser.add_argument("--port", required=True, help="device path, pty path or pyserial URL")
+    parser.add_argument("--state", required=True, type=Path, help="directory of persisted state")
+    parser.add_argument(
+        "--auto-confirm",
+        action="store_true",
+        help="simulate a user who opens pairing mode when a remote asks and confirms the code",
+    )
+    parser.add_argument(
+        "--remote-bolus",
+        action="store_true",
+        help="simulate a user who switches remote bolus on in the pump menu",
+    )
+    parser.add_argument(
+        "--prescriber-key",
+        type=Path,
+        help="simulate enrolling this prescriber public key (PEM) on the pump",
+    )
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="speak the unprotected recalled-style framing (demonstrates the attack)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run the pump's clock this many times faster (testing)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame")
+    return parser
+
+
+def _offline_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"pumpsim {command}")
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    if not args.time_scale > 0:
+        raise CliError("--time-scale must be a positive number")
+    prescriber = _read_prescriber(args.prescriber_key) if args.prescriber_key else None
+    if args.legacy:
+        return _run_legacy(args)
+    flash, motor = offline.open_state(args.state)
+    try:
+        uart = Uart(args.port)
+    except UartError as exc:
+        flash.close()
+        motor.close()
+        raise CliError(str(exc)) from None
+    clock = ScaledClock(args.time_scale)
+    pump = Pump.boot(flash=flash, motor=motor, random_bytes=os.urandom, now=clock())
+    _attach_front_panel(pump, args, prescriber)
+    if args.verbose:
+        pump.on_record = _log_record
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    _say(f"[pump] running on {args.port}, state in {args.state}, time scale {args.time_scale}")
+    try:
+        run_pump(pump, read=uart.read, write=uart.write, clock=clock, stop=stop)
+    except UartError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        uart.close()
+        flash.close()
+        motor.close()
+    _say("[pump] stopped")
+    return 0
+
+
+def _run_legacy(args: argparse.Namespace) -> int:
+    motor, serial = offline.open_legacy_state(args.state)
+    try:
+        uart = Uart(args.port)
+    except UartError as exc:
+        motor.close()
+        raise CliError(str(exc)) from None
+    clock = ScaledClock(args.time_scale)
+    pump = LegacyPump(motor=motor, serial=serial, now=clock())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    _say(
+        f"[pump] LEGACY MODE: the recalled, unprotected design, serial {serial.hex()}. "
+        "Anyone who knows the serial can command this pump; recordings replay for ever."
+    )
+    try:
+        run_pump(pump, read=uart.read, write=uart.write, clock=clock, stop=stop)
+    except UartError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        uart.close()
+        motor.close()
+    _say("[pump] stopped")
+    return 0
+
+
+def _attach_front_panel(pump: Pump, args: argparse.Namespace, prescriber: bytes | None) -> None:
+    """Print the display; let the flags press buttons, each saying what it simulates."""
+
+    def on_event(event: PanelEvent) -> None:
+        _say(f"[pump display] {event.kind}: {event.text}")
+        if args.auto_confirm and event.kind == "pairing-request" and pump.mode is PumpMode.RUNNING:
+            _say("[SIMULATED USER --auto-confirm] opening Menu > Remote > Pair on the pump")
+            pump.panel.press(Button.PAIR)
+        if args.auto_confirm and event.kind == "code":
+            _say(
+                "[SIMULATED USER --auto-confirm] confirming the code shown WITHOUT comparing "
+                "it with the remote's screen"
+            )
+            pump.panel.press(Button.CONFIRM_CODE)
+
+    pump.panel.listeners.append(on_event)
+    if args.remote_bolus and not pump.persistent.remote_bolus_enabled:
+        _say("[SIMULATED USER --remote-bolus] switching remote bolus ON in the pump menu")
+        pump.panel.press(Button.REMOTE_BOLUS_ON)
+    if prescriber is not None and pump.persistent.prescriber != prescriber:
+        _say("[SIMULATED USER --prescriber-key] enrolling the prescriber key on the pump")
+        pump.panel.press(Button.ENROL_PRESCRIBER, prescriber)
+
+
+def _log_record(direction: str, record: bytes, verdict: str) -> None:
+    arrow = "<-" if direction == "rx" else "->"
+    log.info("%s %s %s", arrow, describe_record(record) if record else "frame", verdict)
+
+
+def _read_prescriber(path: Path) -> bytes:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise CliError(f"cannot read prescriber key {path}: {exc.strerror}") from None
+    except ValueError:
+        raise CliError(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise CliError(f"{path} is not an Ed25519 public key")
+    return key.public_bytes_raw()
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = offline.read_status(args.state)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    for key, value in status.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    try:
+        entries = offline.read_log(args.state)
+    except offline.LogInvalid as exc:
+        print(f"pumpsim: audit log does NOT verify: {exc}", file=sys.stderr)
+        return 1
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+        else:
+            fields = " ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k not in ("seq", "event", "uptime_ms", "prev_hash")
+            )
+            print(f"{entry['seq']:6d} {entry['uptime_ms'] / 1000:10.1f}s {entry['event']} {fields}")
+    return 0

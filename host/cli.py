@@ -1,0 +1,368 @@
+"""``pumpctl``: the remote on the command line (BRIEF command-line contract).
+
+    pumpctl --port PORT --keys DIR [--legacy] [-v] [--json]
+            pair | bolus UNITS | cancel | status | history | unpair | policy upload FILE
+    pumpctl policy keygen --private FILE --public FILE
+    pumpctl policy sign --key FILE --pump-id HEX --version N --max-bolus U --max-1h U
+            --max-24h U --out FILE
+    pumpctl link vnull
+    pumpctl demo
+
+Exit status: 0 success; 2 usage or link error; 3 refused by the pump (the
+reason on stderr); 4 outcome unknown (and how to settle it).  Every failure
+prints exactly one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    LimitPolicy,
+    PolicyInvalid,
+    describe_record,
+    encode_policy,
+    pulses_to_float_units,
+    pulses_to_units,
+    sign_policy,
+    units_to_pulses,
+)
+
+from . import prescriber
+from .client import ClientError, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
+from .journal import Journal, JournalError
+from .keystore import KeyStore, KeyStoreError
+from .transport import LinkError, RecordChannel, SerialLink, create_vnull
+
+log = logging.getLogger("pumpguard.pumpctl")
+
+EXIT_OK = 0
+EXIT_USAGE_OR_LINK = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or files; exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pumpctl", description="Command a pumpguard pump as its remote controller."
+    )
+    parser.add_argument("--port", help="device path, pty path or pyserial URL (loop://, socket://)")
+    parser.add_argument("--keys", type=Path, help="the remote's keys directory")
+    parser.add_argument(
+        "--legacy", action="store_true", help="talk to a 'pumpsim --legacy' (the recalled design)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("pair", help="pair with the pump (the pump must be in pairing mode)")
+    bolus = commands.add_parser("bolus", help="deliver UNITS of insulin, exactly once")
+    bolus.add_argument("units", help="dose in units, a multiple of 0.05 (e.g. 1.5)")
+    commands.add_parser("cancel", help="stop the bolus in progress")
+    commands.add_parser("status", help="the pump's status (also settles pending commands)")
+    commands.add_parser("history", help="the pump's audit log, verified")
+    commands.add_parser("unpair", help="erase this remote's key on the pump and here")
+    policy = commands.add_parser("policy", help="prescriber limits policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    keygen = policy_commands.add_parser("keygen", help="make a prescriber key pair")
+    keygen.add_argument("--private", type=Path, required=True, help="private key file to write")
+    keygen.add_argument("--public", type=Path, required=True, help="public key file to write")
+    sign = policy_commands.add_parser("sign", help="sign a limits policy for one pump")
+    sign.add_argument("--key", type=Path, required=True, help="prescriber private key")
+    sign.add_argument("--pump-id", required=True, help="the pump's id (hex, from 'status')")
+    sign.add_argument("--version", type=int, required=True, help="must exceed the pump's")
+    sign.add_argument("--max-bolus", required=True, help="units")
+    sign.add_argument("--max-1h", required=True, help="units per rolling hour")
+    sign.add_argument("--max-24h", required=True, help="units per rolling 24 hours")
+    sign.add_argument("--out", type=Path, required=True, help="signed policy file to write")
+    upload = policy_commands.add_parser("upload", help="carry a signed policy to the pump")
+    upload.add_argument("file", type=Path)
+    link = commands.add_parser("link", help="link tools")
+    link_commands = link.add_subparsers(dest="link_command", required=True)
+    link_commands.add_parser("vnull", help="create a linked pty pair and print both paths")
+    commands.add_parser("demo", help="the whole story in one process, nothing to set up")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except ClientError as exc:
+        _fail(str(exc))
+        return exc.exit_status
+    except (UsageError, KeyStoreError, JournalError, LinkError, PolicyInvalid) as exc:
+        _fail(str(exc))
+        return EXIT_USAGE_OR_LINK
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return EXIT_USAGE_OR_LINK
+
+
+def _fail(text: str) -> None:
+    print(f"pumpctl: {text}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo":
+        from .demo import run_demo  # imports the simulated pump: only for the demo
+
+        return run_demo()
+    if command == "link":
+        return _vnull()
+    if command == "policy" and args.policy_command == "keygen":
+        prescriber.keygen(args.private, args.public)
+        print(f"prescriber key pair written: {args.private} (keep secret), {args.public}")
+        return EXIT_OK
+    if command == "policy" and args.policy_command == "sign":
+        return _sign_policy(args)
+    if args.legacy:
+        from .legacy_cli import run_legacy
+
+        return run_legacy(args)
+    with _connected(args) as client:
+        return _COMMANDS[command if command != "policy" else "upload"](client, args)
+
+
+class _connected:
+    """Open the port, keys and journal; settle pending commands first (S7)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if not args.port or not args.keys:
+            raise UsageError(f"'{args.command}' needs --port PORT and --keys DIR")
+        self._args = args
+
+    def __enter__(self) -> RemoteClient:
+        args = self._args
+        self._keys = KeyStore.open(args.keys)
+        self._journal = Journal.open(args.keys)
+        try:
+            self._link = SerialLink.open(args.port)
+        except LinkError:
+            self._journal.close()
+            raise
+        channel = RecordChannel(self._link, on_frame=_log_frame if args.verbose else None)
+        client = RemoteClient(channel, self._keys, self._journal)
+        if args.command != "pair" and self._keys.pairing() is not None:
+            unknown = client.settle_pending()
+            if unknown and args.command in ("bolus",):
+                raise ClientError(
+                    f"bolus {unknown[0].hex()[:8]} is still unsettled (no answer from the pump); "
+                    "run 'pumpctl status' when the link is back"
+                )
+        return client
+
+    def __exit__(self, *exc: object) -> None:
+        self._link.close()
+        self._journal.close()
+
+
+def _log_frame(direction: str, record: bytes | None, verdict: str) -> None:
+    arrow = "->" if direction == "send" else "<-"
+    log.info("%s %s %s", arrow, describe_record(record) if record else "frame", verdict)
+
+
+def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, sort_keys=True) if args.json else text, flush=True)
+
+
+def _pair(client: RemoteClient, args: argparse.Namespace) -> int:
+    def confirm(code: str) -> bool:
+        spaced = f"{code[:3]} {code[3:]}"
+        print(f"pairing code: {spaced}  (the pump shows a code too: they must match)", flush=True)
+        if sys.stdin is not None and sys.stdin.isatty():
+            answer = input("Does the pump show the same code? [y/N] ").strip().lower()
+            return answer in ("y", "yes")
+        print("no terminal to ask: confirm or reject the code on the pump itself", flush=True)
+        return True
+
+    print("asking the pump to pair: open Menu > Remote > Pair on the pump", flush=True)
+    result = client.pair(confirm)
+    _out(
+        args,
+        {"paired": True, "pump_id": client.pump_id_hex()},
+        f"paired with pump {client.pump_id_hex()} (code {result.code})",
+    )
+    return EXIT_OK
+
+
+def _bolus(client: RemoteClient, args: argparse.Namespace) -> int:
+    try:
+        pulses = units_to_pulses(args.units)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    last = [-1.0]
+
+    def progress(delivered: int, requested: int) -> None:
+        now = time.monotonic()
+        if args.json or (now - last[0] < 0.5 and delivered != requested):
+            return
+        last[0] = now
+        print(
+            f"delivering: {pulses_to_units(delivered)} of {pulses_to_units(requested)} U",
+            flush=True,
+        )
+
+    if not args.json:
+        print("press Ctrl-C to cancel the bolus", flush=True)
+    try:
+        result = client.bolus(pulses, progress)
+    except KeyboardInterrupt:
+        return _cancel_after_interrupt(client, args)
+    data = {
+        "command_id": result.command_id.hex(),
+        "outcome": result.outcome.name.lower(),
+        "requested_units": pulses_to_float_units(result.requested_pulses),
+        "delivered_units": pulses_to_float_units(result.delivered_pulses),
+    }
+    _out(
+        args,
+        data,
+        f"bolus {result.outcome.name.lower()}: {pulses_to_units(result.delivered_pulses)} U "
+        f"of {pulses_to_units(result.requested_pulses)} U",
+    )
+    return EXIT_OK
+
+
+def _cancel_after_interrupt(client: RemoteClient, args: argparse.Namespace) -> int:
+    """Ctrl-C during a bolus: stop it on the pump, then settle the journal."""
+    print("cancelling the bolus on the pump...", file=sys.stderr, flush=True)
+    # Refused means nothing was running: it had not started, or had just finished.
+    with contextlib.suppress(PumpRefused):
+        _cancel(client, args)
+    unknown = client.settle_pending()
+    if unknown:
+        raise OutcomeUnknown(unknown[0], "interrupted before the pump answered")
+    return EXIT_OK
+
+
+def _cancel(client: RemoteClient, args: argparse.Namespace) -> int:
+    outcome = client.cancel()
+    _out(
+        args,
+        {
+            "command_id": outcome.command_id.hex(),
+            "outcome": outcome.outcome.name.lower(),
+            "delivered_units": pulses_to_float_units(outcome.delivered),
+        },
+        f"bolus cancelled after {pulses_to_units(outcome.delivered)} U",
+    )
+    return EXIT_OK
+
+
+def _status(client: RemoteClient, args: argparse.Namespace) -> int:
+    status = client.status()
+    data = {
+        "pump_id": status.pump_id.hex(),
+        "remote_bolus_enabled": status.remote_bolus_enabled,
+        "bolus_units_delivered": pulses_to_float_units(status.bolus_pulses),
+        "basal_units_delivered": pulses_to_float_units(status.basal_pulses),
+        "reservoir_units": pulses_to_float_units(status.reservoir_pulses),
+        "active_bolus": None
+        if not status.active_command_id
+        else {
+            "command_id": status.active_command_id.hex(),
+            "requested_units": pulses_to_float_units(status.active_requested),
+            "delivered_units": pulses_to_float_units(status.active_delivered),
+        },
+        "limits": {
+            "version": status.limits_version,
+            "max_bolus_units": pulses_to_float_units(status.max_bolus_pulses),
+            "max_1h_units": pulses_to_float_units(status.max_1h_pulses),
+            "max_24h_units": pulses_to_float_units(status.max_24h_pulses),
+        },
+        "audit_entries": status.audit_next_seq,
+    }
+    lines = [f"{key}: {value}" for key, value in data.items()]
+    _out(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+def _history(client: RemoteClient, args: argparse.Namespace) -> int:
+    for entry in client.verified_history():
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+        else:
+            fields = " ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k not in ("seq", "event", "uptime_ms", "prev_hash")
+            )
+            print(f"{entry['seq']:6d} {entry['event']} {fields}")
+    return EXIT_OK
+
+
+def _unpair(client: RemoteClient, args: argparse.Namespace) -> int:
+    client.unpair()
+    _out(args, {"unpaired": True}, "unpaired: the pump and this remote erased the key")
+    return EXIT_OK
+
+
+def _upload(client: RemoteClient, args: argparse.Namespace) -> int:
+    policy, signature = prescriber.read_signed_policy(args.file)
+    client.upload_policy(policy, signature)
+    _out(args, {"uploaded": True}, "limits policy accepted by the pump")
+    return EXIT_OK
+
+
+def _sign_policy(args: argparse.Namespace) -> int:
+    try:
+        limits = LimitPolicy(
+            args.version,
+            units_to_pulses(args.max_bolus),
+            units_to_pulses(args.max_1h),
+            units_to_pulses(args.max_24h),
+        )
+        pump = bytes.fromhex(args.pump_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    key = prescriber.read_private(args.key)
+    try:
+        body = encode_policy(limits, for_pump=pump)
+    except Exception as exc:  # PolicyInvalid or a wrong-length pump id
+        raise UsageError(f"policy not signed: {exc}") from None
+    prescriber.write_signed_policy(args.out, body, sign_policy(body, key))
+    print(f"signed limits policy v{args.version} for pump {args.pump_id}: {args.out}")
+    return EXIT_OK
+
+
+def _vnull() -> int:
+    a, b, cable = create_vnull()
+    print(a)
+    print(b, flush=True)
+    try:
+        while cable.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cable.close()
+    if cable.failure is not None:
+        raise LinkDown(f"null-modem relay failed: {cable.failure}")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[RemoteClient, argparse.Namespace], int]] = {
+    "pair": _pair,
+    "bolus": _bolus,
+    "cancel": _cancel,
+    "status": _status,
+    "history": _history,
+    "unpair": _unpair,
+    "upload": _upload,
+}

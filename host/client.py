@@ -1,0 +1,468 @@
+"""The remote's client library: pair, connect, and command a pump (SPEC §9, §12).
+
+A :class:`RemoteClient` speaks to one pump over a
+:class:`~host.transport.RecordChannel`.  Sessions are set up and renewed
+transparently.  Every call ends in one of three ways, each its own type:
+
+* it returns -- the pump did it (or, for a bolus, the final
+  :class:`BolusResult` says what was delivered);
+* :class:`PumpRefused` -- the pump said no, authenticated, with its reason;
+* :class:`OutcomeUnknown` -- the link failed after a bolus may have been
+  committed; the command id is in the journal and :meth:`settle_pending`
+  (run by every ``pumpctl`` start) finds out what happened.  A new bolus is
+  never sent while an old one is unsettled (S7).
+
+Link failures before anything could have happened raise :class:`LinkDown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol import (
+    AuthenticationFailed,
+    BolusCancel,
+    BolusChallenge,
+    BolusCommit,
+    BolusPrepare,
+    CommandOutcome,
+    CommandQuery,
+    HandshakeInitiator,
+    History,
+    HistoryRequest,
+    Message,
+    Ok,
+    Outcome,
+    PairingInitiator,
+    PairingResult,
+    PolicyUpload,
+    ProtocolError,
+    RandomBytes,
+    RecordType,
+    RefusalCode,
+    Refused,
+    SecureSession,
+    Status,
+    StatusRequest,
+    Unpair,
+    audit_entry,
+    decode_message,
+    encode_message,
+    paired_peer,
+    pulses_to_float_units,
+    pulses_to_units,
+    pump_id,
+    wire,
+)
+
+from .journal import Journal
+from .keystore import KeyStore
+from .transport import RecordChannel
+
+log = logging.getLogger("pumpguard.remote")
+
+#: How long to wait for one reply before sending again.
+REPLY_TIMEOUT_S = 1.0
+#: Attempts per request (same request, resealed under a new counter).
+ATTEMPTS = 4
+#: How often a bolus in progress is polled for progress.
+POLL_INTERVAL_S = 0.25
+#: How long pairing waits for the user at the pump (the pump's own timeout is 120 s).
+PAIRING_WAIT_S = 150.0
+
+_REFUSAL_TEXT = {
+    RefusalCode.MALFORMED_REQUEST: "the pump could not parse the request",
+    RefusalCode.REMOTE_BOLUS_DISABLED: "remote bolus is switched off on the pump",
+    RefusalCode.OVER_SINGLE_LIMIT: "over the pump's single-bolus limit",
+    RefusalCode.OVER_1H_LIMIT: "over the pump's 1-hour limit",
+    RefusalCode.OVER_24H_LIMIT: "over the pump's 24-hour limit",
+    RefusalCode.CHALLENGE_INVALID: "the bolus challenge expired; nothing was delivered",
+    RefusalCode.COMMAND_ID_CONFLICT: "command id reused with different parameters",
+    RefusalCode.BUSY: "another bolus is in progress",
+    RefusalCode.DELIVERY_UNAVAILABLE: "the pump cannot deliver now (suspended, alarm or reservoir)",
+    RefusalCode.POLICY_INVALID: "the limits policy is not signed by the enrolled prescriber",
+    RefusalCode.POLICY_ROLLBACK: "the limits policy is not newer than the pump's",
+    RefusalCode.NO_PRESCRIBER: "no prescriber key is enrolled on the pump",
+    RefusalCode.SAFE_STATE: "the pump is in its safe state",
+    RefusalCode.NOTHING_TO_CANCEL: "no bolus is in progress",
+}
+_LIMIT_CODES = frozenset(
+    {RefusalCode.OVER_SINGLE_LIMIT, RefusalCode.OVER_1H_LIMIT, RefusalCode.OVER_24H_LIMIT}
+)
+
+
+class ClientError(Exception):
+    """Base of the client's errors; ``exit_status`` is pumpctl's (BRIEF contract)."""
+
+    exit_status = 2
+
+
+class LinkDown(ClientError):
+    """No answer from the pump: nothing was done that needs settling."""
+
+
+class NotPaired(ClientError):
+    """The keys directory holds no pairing."""
+
+
+class PumpRefused(ClientError):
+    """The pump refused, authenticated; the reason is in the message."""
+
+    exit_status = 3
+
+    def __init__(self, refusal: Refused) -> None:
+        self.code = refusal.code
+        self.detail = refusal.detail
+        text = _REFUSAL_TEXT.get(refusal.code, refusal.code.name)
+        if refusal.code in _LIMIT_CODES:
+            text += f" (at most {pulses_to_units(refusal.detail)} U allowed now)"
+        super().__init__(f"refused by the pump: {text}")
+
+
+class OutcomeUnknown(ClientError):
+    """A bolus may or may not have started; run any pumpctl command to settle it."""
+
+    exit_status = 4
+
+    def __init__(self, command_id: bytes, why: str) -> None:
+        self.command_id = command_id
+        super().__init__(
+            f"outcome of bolus {command_id.hex()[:8]} unknown ({why}); it is journaled: "
+            "run 'pumpctl status' when the link is back to settle it - do not bolus again"
+        )
+
+
+@dataclass(frozen=True)
+class BolusResult:
+    command_id: bytes
+    outcome: Outcome
+    requested_pulses: int
+    delivered_pulses: int
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class RemoteClient:
+    """Commands one pump.  Not thread-safe; one client per link.
+
+    Args:
+        channel: framed records over a link.
+        keys: the ``--keys`` directory.
+        journal: pending bolus commands, in the same directory.
+        clock, sleep, random_bytes: injected for tests.
+    """
+
+    def __init__(
+        self,
+        channel: RecordChannel,
+        keys: KeyStore,
+        journal: Journal,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        random_bytes: RandomBytes = os.urandom,
+        reply_timeout: float = REPLY_TIMEOUT_S,
+    ) -> None:
+        self._channel = channel
+        self._keys = keys
+        self._journal = journal
+        self._clock = clock
+        self._sleep = sleep
+        self._random_bytes = random_bytes
+        self._reply_timeout = reply_timeout
+        self._session: SecureSession | None = None
+        self._request_id = int.from_bytes(random_bytes(2), "big")
+
+    # --- pairing ----------------------------------------------------------------------
+
+    def pair(self, confirm_code: Callable[[str], bool]) -> PairingResult:
+        """Pair with the pump in front of the user (SPEC §9).
+
+        ``confirm_code(code)`` shows the code and returns True if the user
+        says the pump shows the same.  The pump must be put in pairing mode
+        from its own menu; until it is, the request is repeated.
+
+        Raises:
+            LinkDown: the pump never answered.
+            ClientError: the codes did not match, or the pump refused.
+        """
+        initiator = PairingInitiator(
+            self._keys.remote_static(self._random_bytes), self._random_bytes
+        )
+        request = initiator.start()
+        commit = self._exchange_raw(request, RecordType.PAIR_COMMIT, PAIRING_WAIT_S, resend=1.0)
+        nonce_reply = initiator.receive_commit(commit)
+        pump_nonce = self._exchange_raw(nonce_reply, RecordType.PAIR_PUMP_NONCE, 10.0, resend=1.0)
+        code = initiator.receive_pump_nonce(pump_nonce)
+        if not confirm_code(code):
+            initiator.abort()
+            raise ClientError("pairing cancelled: the codes did not match")
+        confirm = initiator.confirm()
+        reply = self._exchange_raw(
+            confirm, RecordType.PAIR_PUMP_CONFIRM, PAIRING_WAIT_S, resend=2.0
+        )
+        result = initiator.receive_pump_confirm(reply)
+        self._keys.save_pairing(result.peer_static, pump_id(result.peer_static))
+        self._session = None
+        return result
+
+    def _exchange_raw(
+        self, record: bytes, expect: RecordType, deadline_s: float, *, resend: float
+    ) -> bytes:
+        """Send ``record`` until a record of type ``expect`` comes back (pairing only)."""
+        deadline = self._clock() + deadline_s
+        while self._clock() < deadline:
+            self._channel.send(record)
+            until = min(deadline, self._clock() + resend)
+            while self._clock() < until:
+                reply = self._channel.receive(timeout=max(0.0, until - self._clock()))
+                if reply is not None and reply[:1] == bytes((expect,)):
+                    return reply
+        raise LinkDown(f"no {expect.name} from the pump in {deadline_s:.0f} s")
+
+    # --- session ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Run a handshake now (normally done on demand)."""
+        pairing = self._keys.pairing()
+        if pairing is None:
+            raise NotPaired(f"no pump paired in {self._keys.path}: run 'pumpctl pair' first")
+        static = self._keys.remote_static(self._random_bytes)
+        peer = paired_peer(static, pairing.pump_static, local_is_remote=True)
+        for _ in range(ATTEMPTS):
+            initiator = HandshakeInitiator(
+                local_static=static, peer=peer, random_bytes=self._random_bytes
+            )
+            self._channel.send(initiator.start())
+            deadline = self._clock() + self._reply_timeout
+            while self._clock() < deadline:
+                reply = self._channel.receive(timeout=max(0.0, deadline - self._clock()))
+                if reply is None or reply[:1] != bytes((RecordType.HANDSHAKE_RESP,)):
+                    continue
+                try:
+                    keys = initiator.finish(reply)
+                except ProtocolError as exc:
+                    log.info("handshake reply refused: %s", type(exc).__name__)
+                    continue
+                self._session = SecureSession(keys, established_at=self._clock())
+                log.info("session %s established", keys.session_hash[:4].hex())
+                return
+        raise LinkDown("the pump does not answer the handshake (not paired with it, or no link)")
+
+    def _session_for_use(self) -> SecureSession:
+        session = self._session
+        if session is None or session.needs_rekey(self._clock()):
+            self.connect()
+            session = self._session
+        assert session is not None
+        return session
+
+    def _next_request_id(self) -> int:
+        self._request_id = (self._request_id + 1) % (wire.MAX_REQUEST_ID + 1)
+        return self._request_id
+
+    def request(self, kind: Callable[..., Message], *fields: object) -> Message:
+        """Send ``kind(request_id, *fields)`` and return the pump's authenticated response.
+
+        The request is resent, resealed under a fresh counter, until a
+        response with its request id arrives; after the attempts run out
+        the session is renewed once and the whole exchange retried.
+
+        Raises:
+            LinkDown: no response.
+            PumpRefused: the response is a refusal.
+        """
+        message = kind(self._next_request_id(), *fields)
+        plaintext = encode_message(message)
+        for renew in (False, True):
+            if renew:
+                self._session = None
+            session = self._session_for_use()
+            for _ in range(ATTEMPTS):
+                self._channel.send(session.seal(plaintext))
+                response = self._await_response(session, message.request_id)
+                if response is not None:
+                    if isinstance(response, Refused):
+                        raise PumpRefused(response)
+                    return response
+        raise LinkDown("no response from the pump")
+
+    def _await_response(self, session: SecureSession, request_id: int) -> Message | None:
+        deadline = self._clock() + self._reply_timeout
+        while self._clock() < deadline:
+            record = self._channel.receive(timeout=max(0.0, deadline - self._clock()))
+            if record is None:
+                continue
+            if record[:1] != bytes((RecordType.DATA,)):
+                continue
+            try:
+                response = decode_message(session.open(record))
+            except ProtocolError as exc:
+                log.info("response refused: %s", type(exc).__name__)
+                continue
+            if response.request_id == request_id:
+                return response
+        return None
+
+    # --- commands ---------------------------------------------------------------------
+
+    def status(self) -> Status:
+        response = self.request(StatusRequest)
+        if not isinstance(response, Status):
+            raise LinkDown("unexpected response to status")
+        pairing = self._keys.pairing()
+        if pairing is not None and pairing.audit_public is None:
+            self._keys.save_audit_key(response.audit_key)
+        return response
+
+    def bolus(self, pulses: int, progress: ProgressCallback | None = None) -> BolusResult:
+        """Deliver ``pulses`` exactly once and wait until the pump settles it.
+
+        Raises:
+            PumpRefused: refused (over limit, remote bolus off, ...); nothing delivered.
+            OutcomeUnknown: the link failed after the bolus may have started.
+            ClientError: an earlier bolus is still unsettled.
+        """
+        unsettled = self.settle_pending()
+        if unsettled:
+            raise OutcomeUnknown(unsettled[0], "an earlier bolus is still unsettled")
+        command_id = self._random_bytes(wire.COMMAND_ID_LEN)
+        # Journaled before the first byte is sent: a crash from here on is settled later.
+        self._journal.record_pending(command_id, pulses)
+        try:
+            first = self.request(BolusPrepare, command_id, pulses)
+            if isinstance(first, BolusChallenge):
+                first = self.request(BolusCommit, command_id, pulses, first.challenge)
+            if not isinstance(first, CommandOutcome):
+                raise LinkDown("unexpected response to a bolus")
+            return self._follow(command_id, first, progress)
+        except PumpRefused as refusal:
+            self._journal.settle(command_id, "refused", 0)
+            raise refusal from None
+        except LinkDown as exc:
+            raise OutcomeUnknown(command_id, str(exc)) from None
+
+    def _follow(
+        self, command_id: bytes, outcome: CommandOutcome, progress: ProgressCallback | None
+    ) -> BolusResult:
+        """Poll until the bolus is over; report progress as the pump counts it."""
+        while outcome.outcome is Outcome.IN_PROGRESS:
+            if progress is not None:
+                progress(outcome.delivered, outcome.requested)
+            self._sleep(POLL_INTERVAL_S)
+            response = self.request(CommandQuery, command_id)
+            if not isinstance(response, CommandOutcome):
+                raise LinkDown("unexpected response to a query")
+            outcome = response
+        if progress is not None:
+            progress(outcome.delivered, outcome.requested)
+        self._journal.settle(command_id, outcome.outcome.name.lower(), outcome.delivered)
+        return BolusResult(command_id, outcome.outcome, outcome.requested, outcome.delivered)
+
+    def settle_pending(self) -> list[bytes]:
+        """Ask the pump about every journaled bolus; return the ids still unknown.
+
+        A bolus the pump never committed is settled as not delivered: the
+        pump voids any challenge for it while answering, so it can no
+        longer start.  One still in progress is settled when it ends.
+        """
+        unknown = []
+        for pending in self._journal.pending():
+            try:
+                response = self.request(CommandQuery, pending.command_id)
+            except (LinkDown, NotPaired):
+                unknown.append(pending.command_id)
+                continue
+            if not isinstance(response, CommandOutcome):
+                unknown.append(pending.command_id)
+                continue
+            if response.outcome is Outcome.UNKNOWN:
+                self._journal.settle(pending.command_id, "not_delivered", 0)
+            elif response.outcome is not Outcome.IN_PROGRESS:
+                self._journal.settle(
+                    pending.command_id, response.outcome.name.lower(), response.delivered
+                )
+            else:
+                self._follow(pending.command_id, response, None)
+        return unknown
+
+    def cancel(self) -> CommandOutcome:
+        response = self.request(BolusCancel)
+        if not isinstance(response, CommandOutcome):
+            raise LinkDown("unexpected response to cancel")
+        return response
+
+    def history(self, from_seq: int = 0, limit: int = 1000) -> list[bytes]:
+        """Signed audit entries from ``from_seq`` on (verify with host.audit)."""
+        entries: list[bytes] = []
+        seq = from_seq
+        while len(entries) < limit:
+            response = self.request(HistoryRequest, seq)
+            if not isinstance(response, History):
+                raise LinkDown("unexpected response to history")
+            if not response.entry:
+                break
+            entries.append(response.entry)
+            seq = response.next_seq
+        return entries
+
+    def verified_history(self) -> list[dict[str, object]]:
+        """The whole retained audit log, verified, as JSON-ready objects.
+
+        The signatures are checked with the pump's audit key, learned over
+        the authenticated session and pinned in the keys directory on first
+        use; a pump presenting a different key later is refused.
+
+        Raises:
+            ClientError: the log does not verify.
+        """
+        pairing = self._keys.pairing()
+        pinned = None if pairing is None else pairing.audit_public
+        current = self.status().audit_key  # status() pins the key on first use
+        if pinned is not None and pinned != current:
+            raise ClientError("the pump's audit key changed since it was pinned: refusing its log")
+        entries = self.history()
+        try:
+            verified = audit_entry.verify_entries(entries, current)
+        except audit_entry.AuditVerificationError as exc:
+            raise ClientError(f"the pump's audit log does not verify: {exc}") from None
+        out: list[dict[str, object]] = []
+        for entry in verified.entries:
+            data: dict[str, object] = dict(entry.to_json())
+            for name in ("pulses", "requested_pulses"):
+                value = data.get(name)
+                if isinstance(value, int):
+                    data[name.replace("pulses", "units")] = pulses_to_float_units(value)
+            out.append(data)
+        return out
+
+    def pump_id_hex(self) -> str:
+        pairing = self._keys.pairing()
+        return "" if pairing is None else pairing.pump_id.hex()
+
+    def upload_policy(self, policy: bytes, signature: bytes) -> None:
+        response = self.request(PolicyUpload, policy, signature)
+        if not isinstance(response, Ok):
+            raise LinkDown("unexpected response to policy upload")
+
+    def unpair(self) -> None:
+        """Ask the pump to erase our key, then erase ours (S11).
+
+        Our key is erased even if the pump's answer is lost: either way this
+        remote can no longer command the pump.
+        """
+        try:
+            self.request(Unpair)
+        except (LinkDown, AuthenticationFailed):
+            self._keys.erase_pairing()
+            raise LinkDown(
+                "the pump did not confirm; this remote's keys are erased anyway - "
+                "unpair it on the pump's menu too"
+            ) from None
+        self._keys.erase_pairing()
+        self._session = None
