@@ -92,6 +92,7 @@ from protocol import (
 from . import config
 from .audit import AuditLog
 from .delivery import (
+    Alarm,
     AlarmRaised,
     BolusEnded,
     DeliveryEngine,
@@ -193,6 +194,8 @@ class Pump:
         self._pairing_deadline = 0.0
         self._pairing_locked_until = 0.0
         self._pairing_user_confirmed = False
+        #: Alarms raised and not yet acknowledged on the front panel.
+        self._alarms: set[Alarm] = set()
         #: Called for every record in and out: ``(direction, record, verdict)``.
         #: ``pumpsim -v`` logs it with :func:`protocol.describe_record`.
         self.on_record: Callable[[str, bytes, str], None] | None = None
@@ -431,7 +434,7 @@ class Pump:
             active_command_id=b"" if active is None else active.cmd_id,
             active_requested=0 if active is None else active.requested,
             active_delivered=0 if active is None else active.delivered,
-            alarms=0,
+            alarms=sum(1 << alarm.value for alarm in self._alarms),
             limits_version=policy.version,
             max_bolus_pulses=policy.max_bolus_pulses,
             max_1h_pulses=policy.max_1h_pulses,
@@ -493,16 +496,24 @@ class Pump:
         refusal = self._bolus_refusal(request.request_id, request.pulses, now)
         if refusal is not None:
             return refusal
-        challenge = self._random_bytes(wire.CHALLENGE_LEN)
-        self._challenge = _Challenge(
-            request.command_id, request.pulses, challenge, now + wire.BOLUS_CHALLENGE_TTL_S
-        )
-        return BolusChallenge(
-            request.request_id,
-            request.command_id,
-            challenge,
-            int(wire.BOLUS_CHALLENGE_TTL_S * 1000),
-        )
+        pending = self._challenge
+        if (
+            pending is None
+            or pending.command_id != request.command_id
+            or pending.pulses != request.pulses
+            or now > pending.expires_at
+        ):
+            # A repeated prepare (the remote resent it) gets the same live
+            # challenge, so whichever answer the remote sees first still works.
+            pending = _Challenge(
+                request.command_id,
+                request.pulses,
+                self._random_bytes(wire.CHALLENGE_LEN),
+                now + wire.BOLUS_CHALLENGE_TTL_S,
+            )
+            self._challenge = pending
+        ttl_ms = max(0, int((pending.expires_at - now) * 1000))
+        return BolusChallenge(request.request_id, request.command_id, pending.challenge, ttl_ms)
 
     def _bolus_commit(self, request: Message, live: _LiveSession, now: float) -> Message:
         assert isinstance(request, BolusCommit)
@@ -617,6 +628,7 @@ class Pump:
             elif isinstance(event, BolusEnded):
                 self._settle_bolus(event, now)
             elif isinstance(event, AlarmRaised):
+                self._alarms.add(event.alarm)
                 self.panel.show("alarm", event.alarm.name.replace("_", " ").lower())
                 if self.mode is not PumpMode.SAFE_STATE:
                     self._audit.append("alarm", {"alarm": event.alarm.name}, self._ms(now))
@@ -712,6 +724,7 @@ class Pump:
             )
             self.panel.show("info", "prescriber key enrolled")
         elif button is Button.CLEAR_ALARMS:
+            self._alarms.clear()
             self.panel.show("info", "alarms cleared")
 
     def _reset_storage(self, now: float) -> None:

@@ -335,17 +335,30 @@ class RemoteClient:
         # Journaled before the first byte is sent: a crash from here on is settled later.
         self._journal.record_pending(command_id, pulses)
         try:
-            first = self.request(BolusPrepare, command_id, pulses)
-            if isinstance(first, BolusChallenge):
-                first = self.request(BolusCommit, command_id, pulses, first.challenge)
-            if not isinstance(first, CommandOutcome):
-                raise LinkDown("unexpected response to a bolus")
+            first = self._prepare_and_commit(command_id, pulses)
             return self._follow(command_id, first, progress)
         except PumpRefused as refusal:
             self._journal.settle(command_id, "refused", 0)
             raise refusal from None
         except LinkDown as exc:
             raise OutcomeUnknown(command_id, str(exc)) from None
+
+    def _prepare_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
+        """Challenge, then commit.  A challenge that expired in transit is
+        fetched again once: the refusal proves nothing was delivered."""
+        for attempt in range(2):
+            response = self.request(BolusPrepare, command_id, pulses)
+            if isinstance(response, BolusChallenge):
+                try:
+                    response = self.request(BolusCommit, command_id, pulses, response.challenge)
+                except PumpRefused as refusal:
+                    if refusal.code is RefusalCode.CHALLENGE_INVALID and attempt == 0:
+                        continue
+                    raise
+            if isinstance(response, CommandOutcome):
+                return response
+            raise LinkDown("unexpected response to a bolus")
+        raise LinkDown("unreachable: the loop returns or raises")  # pragma: no cover
 
     def _follow(
         self, command_id: bytes, outcome: CommandOutcome, progress: ProgressCallback | None
