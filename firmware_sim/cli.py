@@ -23,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -33,7 +34,7 @@ from . import offline
 from .legacy import LegacyPump
 from .panel import Button, PanelEvent
 from .pump import Pump, PumpMode
-from .runner import ScaledClock, run_pump
+from .runner import Firmware, ScaledClock, run_pump
 from .uart import Uart, UartError
 
 log = logging.getLogger("pumpguard.pumpsim")
@@ -127,24 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     _attach_front_panel(pump, args, prescriber)
     if args.verbose:
         pump.on_record = _log_record
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     _say(f"[pump] running on {args.port}, state in {args.state}, time scale {args.time_scale}")
-    try:
-        run_pump(pump, read=uart.read, write=uart.write, clock=clock, stop=stop)
-    except UartError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        uart.close()
-        flash.close()
-        motor.close()
-    _say("[pump] stopped")
-    return 0
+    return _serve(pump, uart, clock, closers=(flash, motor))
 
 
 def _run_legacy(args: argparse.Namespace) -> int:
@@ -156,22 +141,38 @@ def _run_legacy(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     clock = ScaledClock(args.time_scale)
     pump = LegacyPump(motor=motor, serial=serial, now=clock())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     _say(
         f"[pump] LEGACY MODE: the recalled, unprotected design, serial {serial.hex()}. "
         "Anyone who knows the serial can command this pump; recordings replay for ever."
     )
+    return _serve(pump, uart, clock, closers=(motor,))
+
+
+def _serve(
+    firmware: Firmware, uart: Uart, clock: ScaledClock, *, closers: Sequence[Closable]
+) -> int:
+    """Run the firmware's loop on the UART until SIGTERM or SIGINT, then close everything."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
-        run_pump(pump, read=uart.read, write=uart.write, clock=clock, stop=stop)
+        run_pump(firmware, read=uart.read, write=uart.write, clock=clock, stop=stop)
     except UartError as exc:
         raise CliError(str(exc)) from None
     finally:
         uart.close()
-        motor.close()
+        for closer in closers:
+            closer.close()
     _say("[pump] stopped")
     return 0
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 def _attach_front_panel(pump: Pump, args: argparse.Namespace, prescriber: bytes | None) -> None:
@@ -232,13 +233,5 @@ def _log(args: argparse.Namespace) -> int:
         print(f"pumpsim: audit log does NOT verify: {exc}", file=sys.stderr)
         return 1
     for entry in entries:
-        if args.json:
-            print(json.dumps(entry, sort_keys=True))
-        else:
-            fields = " ".join(
-                f"{k}={v}"
-                for k, v in entry.items()
-                if k not in ("seq", "event", "uptime_ms", "prev_hash")
-            )
-            print(f"{entry['seq']:6d} {entry['uptime_ms'] / 1000:10.1f}s {entry['event']} {fields}")
+        print(json.dumps(entry.to_json(), sort_keys=True) if args.json else entry.describe())
     return 0

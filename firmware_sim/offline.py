@@ -16,6 +16,7 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import legacy, pulses_to_float_units, wire
+from protocol.audit_entry import AuditEntry
 
 from . import config
 from .audit import AuditLog, AuditVerificationError, verify_entries
@@ -183,8 +184,8 @@ def read_status(directory: Path) -> dict[str, Any]:
     }
 
 
-def read_log(directory: Path) -> list[dict[str, Any]]:
-    """Every retained audit entry as a JSON object, after verifying the chain.
+def read_log(directory: Path) -> list[AuditEntry]:
+    """Every retained audit entry, after verifying the chain.
 
     Raises:
         LogInvalid: a signature, the hash chain or the seq order is broken.
@@ -206,13 +207,4 @@ def read_log(directory: Path) -> list[dict[str, Any]]:
         verify_entries([entry.signed for entry in entries], key.public_key().public_bytes_raw())
     except AuditVerificationError as exc:
         raise LogInvalid(str(exc)) from None
-    return [audit_json(entry.to_json()) for entry in entries]
-
-
-def audit_json(entry: dict[str, Any]) -> dict[str, Any]:
-    """Add ``units`` (a number) wherever an entry counts ``pulses``."""
-    if isinstance(entry.get("pulses"), int):
-        entry["units"] = pulses_to_float_units(entry["pulses"])
-    if isinstance(entry.get("requested_pulses"), int):
-        entry["requested_units"] = pulses_to_float_units(entry["requested_pulses"])
-    return entry
+    return entries

@@ -140,6 +140,10 @@ class _Challenge:
     challenge: bytes
     expires_at: float
 
+    def live_for(self, command_id: bytes, pulses: int, now: float) -> bool:
+        """Issued for exactly this id and dose, and not expired on the pump's clock."""
+        return self.command_id == command_id and self.pulses == pulses and now <= self.expires_at
+
 
 @dataclass
 class _LiveSession:
@@ -497,12 +501,7 @@ class Pump:
         if refusal is not None:
             return refusal
         pending = self._challenge
-        if (
-            pending is None
-            or pending.command_id != request.command_id
-            or pending.pulses != request.pulses
-            or now > pending.expires_at
-        ):
+        if pending is None or not pending.live_for(request.command_id, request.pulses, now):
             # A repeated prepare (the remote resent it) gets the same live
             # challenge, so whichever answer the remote sees first still works.
             pending = _Challenge(
@@ -525,10 +524,8 @@ class Pump:
         # id and dose, and still live on the pump's own clock.
         if (
             pending is None
-            or pending.command_id != request.command_id
-            or pending.pulses != request.pulses
+            or not pending.live_for(request.command_id, request.pulses, now)
             or not constant_time_equal(pending.challenge, request.challenge)
-            or now > pending.expires_at
         ):
             return Refused(request.request_id, RefusalCode.CHALLENGE_INVALID, 0)
         self._challenge = None

@@ -295,15 +295,7 @@ def _status(client: RemoteClient, args: argparse.Namespace) -> int:
 
 def _history(client: RemoteClient, args: argparse.Namespace) -> int:
     for entry in client.verified_history():
-        if args.json:
-            print(json.dumps(entry, sort_keys=True))
-        else:
-            fields = " ".join(
-                f"{k}={v}"
-                for k, v in entry.items()
-                if k not in ("seq", "event", "uptime_ms", "prev_hash")
-            )
-            print(f"{entry['seq']:6d} {entry['event']} {fields}")
+        print(json.dumps(entry.to_json(), sort_keys=True) if args.json else entry.describe())
     return EXIT_OK
 
 

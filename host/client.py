@@ -53,7 +53,6 @@ from protocol import (
     decode_message,
     encode_message,
     paired_peer,
-    pulses_to_float_units,
     pulses_to_units,
     pump_id,
     wire,
@@ -424,35 +423,25 @@ class RemoteClient:
             seq = response.next_seq
         return entries
 
-    def verified_history(self) -> list[dict[str, object]]:
-        """The whole retained audit log, verified, as JSON-ready objects.
+    def verified_history(self) -> tuple[audit_entry.AuditEntry, ...]:
+        """The whole retained audit log, verified.
 
         The signatures are checked with the pump's audit key, learned over
         the authenticated session and pinned in the keys directory on first
         use; a pump presenting a different key later is refused.
 
         Raises:
-            ClientError: the log does not verify.
+            ClientError: the log does not verify, or the pump's key changed.
         """
         pairing = self._keys.pairing()
         pinned = None if pairing is None else pairing.audit_public
         current = self.status().audit_key  # status() pins the key on first use
         if pinned is not None and pinned != current:
             raise ClientError("the pump's audit key changed since it was pinned: refusing its log")
-        entries = self.history()
         try:
-            verified = audit_entry.verify_entries(entries, current)
+            return audit_entry.verify_entries(self.history(), current).entries
         except audit_entry.AuditVerificationError as exc:
             raise ClientError(f"the pump's audit log does not verify: {exc}") from None
-        out: list[dict[str, object]] = []
-        for entry in verified.entries:
-            data: dict[str, object] = dict(entry.to_json())
-            for name in ("pulses", "requested_pulses"):
-                value = data.get(name)
-                if isinstance(value, int):
-                    data[name.replace("pulses", "units")] = pulses_to_float_units(value)
-            out.append(data)
-        return out
 
     def pump_id_hex(self) -> str:
         pairing = self._keys.pairing()

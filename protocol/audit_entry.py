@@ -31,10 +31,11 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .units import pulses_to_float_units
 from .wire import MAX_AUDIT_SIGNED_LEN
 
 FieldValue: TypeAlias = int | str | bytes | bool
-JsonValue: TypeAlias = int | str | bool
+JsonValue: TypeAlias = int | float | str | bool
 
 # --- Format constants ---------------------------------------------------------
 
@@ -106,15 +107,29 @@ class AuditEntry:
 
     def to_json(self) -> dict[str, JsonValue]:
         """A flat JSON object: ``seq``, ``uptime_ms``, ``event``, ``prev_hash``
-        (hex) and every field at top level (bytes as lower-case hex)."""
+        (hex) and every field at top level (bytes as lower-case hex).  A field
+        counting pulses (``pulses``, ``requested_pulses``) also appears in
+        units (``units``, ``requested_units``), as a number."""
         out: dict[str, JsonValue] = {}
         for name, value in self.fields.items():
             out[name] = value.hex() if isinstance(value, bytes) else value
+            if name.endswith("pulses") and type(value) is int:
+                out[name[: -len("pulses")] + "units"] = pulses_to_float_units(value)
         out["seq"] = self.seq
         out["uptime_ms"] = self.uptime_ms
         out["event"] = self.event
         out["prev_hash"] = self.prev_hash.hex()
         return out
+
+    def describe(self) -> str:
+        """One line for people: seq, pump uptime, event and fields."""
+        shown = self.to_json()
+        fields = " ".join(
+            f"{name}={value}"
+            for name, value in shown.items()
+            if name not in ("seq", "uptime_ms", "event", "prev_hash")
+        )
+        return f"{self.seq:6d} {self.uptime_ms / 1000:10.1f}s {self.event} {fields}".rstrip()
 
 
 @dataclass(frozen=True)
