@@ -74,3 +74,8 @@ PAIRING_FAILURES_BEFORE_LOCKOUT: Final = 3
 PAIRING_LOCKOUT_BASE_S: Final = 30.0
 #: ... up to this.
 PAIRING_LOCKOUT_MAX_S: Final = 3600.0
+
+# --- Front panel (firmware_sim/pump.py) --------------------------------------
+
+#: Refused link input is shown on the front panel at most this often (S10).
+REJECTION_ALERT_S: Final = 60.0

@@ -198,6 +198,8 @@ class Pump:
         self._pairing_deadline = 0.0
         self._pairing_locked_until = 0.0
         self._pairing_user_confirmed = False
+        self._rejections_unshown = 0
+        self._rejections_shown_at = -config.REJECTION_ALERT_S
         #: Alarms raised and not yet acknowledged on the front panel.
         self._alarms: set[Alarm] = set()
         #: Called for every record in and out: ``(direction, record, verdict)``.
@@ -332,8 +334,16 @@ class Pump:
     def _reject(self, kind: str, now: float) -> None:
         """Count a refused input: aggregated in the audit log, never one write each."""
         log.debug("rejected %s", kind)
+        self._rejections_unshown += 1
         if self.mode is not PumpMode.SAFE_STATE:
             self._audit.note_rejection(kind, self._ms(now))
+
+    def _alert_rejections(self, now: float) -> None:
+        """Tell the user about refused input (S10), at most once a minute."""
+        if self._rejections_unshown and now - self._rejections_shown_at >= config.REJECTION_ALERT_S:
+            self.panel.show("alert", f"{self._rejections_unshown} refused message(s) on the link")
+            self._rejections_unshown = 0
+            self._rejections_shown_at = now
 
     def _on_record(self, record: bytes, now: float) -> None:
         kind = record[0]
@@ -632,6 +642,7 @@ class Pump:
         if pulsed:
             self._persist_delivery()
         self._expire(now)
+        self._alert_rejections(now)
         if self.mode is not PumpMode.SAFE_STATE:
             self._audit.poll(self._ms(now))
 
