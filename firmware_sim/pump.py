@@ -198,6 +198,10 @@ class Pump:
         self._pairing_deadline = 0.0
         self._pairing_locked_until = 0.0
         self._pairing_user_confirmed = False
+        #: The remote's PAIR_REMOTE_CONFIRM of the attempt in progress.
+        self._remote_confirm = b""
+        #: (last pairing record received, our reply, until when to repeat it).
+        self._pairing_echo: tuple[bytes, bytes, float] | None = None
         self._rejections_unshown = 0
         self._rejections_shown_at = -config.REJECTION_ALERT_S
         #: Alarms raised and not yet acknowledged on the front panel.
@@ -774,12 +778,19 @@ class Pump:
         if len(self._state.remotes) >= wire.MAX_REMOTES:
             self.panel.show("info", "pairing list full: unpair a remote first")
             return
+        self._pairing_echo = None
         self.mode = PumpMode.PAIRING
         self._pairing = PairingResponder(self._static, self._random_bytes)
         self._pairing_deadline = now + config.PAIRING_MODE_TIMEOUT_S
         self.panel.show("pairing", "pairing mode: waiting for a remote")
 
     def _on_pairing(self, record: bytes, now: float) -> None:
+        echo = self._pairing_echo
+        if echo is not None and echo[0] == record and now <= echo[2]:
+            # The remote resent a record whose answer was lost: answer again.
+            # (Also just after pairing completed, if PAIR_PUMP_CONFIRM was lost.)
+            self._send(echo[1])
+            return
         pairing = self._pairing
         if self.mode is not PumpMode.PAIRING or pairing is None:
             self.panel.show("pairing-request", "a remote asks to pair: open Menu > Remote > Pair")
@@ -787,16 +798,17 @@ class Pump:
         kind = record[0]
         try:
             if kind == RecordType.PAIR_REQUEST and pairing.state is PairingState.IDLE:
-                self._send(pairing.receive_request(record))
+                self._send_pairing(record, pairing.receive_request(record), now)
             elif kind == RecordType.PAIR_REMOTE_NONCE:
                 reply, code = pairing.receive_remote_nonce(record)
                 self.panel.code_shown = code
                 self.panel.show(
                     "code", f"does the remote show {code[:3]} {code[3:]}? confirm or reject"
                 )
-                self._send(reply)
+                self._send_pairing(record, reply, now)
             elif kind == RecordType.PAIR_REMOTE_CONFIRM:
                 pairing.receive_remote_confirm(record)
+                self._remote_confirm = record
                 if self._pairing_user_confirmed:
                     self._finish_pairing(now)
             elif kind == RecordType.PAIR_REQUEST:
@@ -807,6 +819,11 @@ class Pump:
             if pairing.state is PairingState.FAILED:
                 self._pairing_failed(now, "pairing message refused")
             raise
+
+    def _send_pairing(self, received: bytes, reply: bytes, now: float) -> None:
+        """Send a pairing reply and remember it, to answer a resent record again."""
+        self._pairing_echo = (received, reply, now + config.PAIRING_MODE_TIMEOUT_S)
+        self._send(reply)
 
     def _user_confirms(self, now: float) -> None:
         pairing = self._pairing
@@ -830,9 +847,10 @@ class Pump:
         self._audit.append("paired", {"remote": result.peer_static[:4].hex()}, self._ms(now))
         self._leave_pairing()
         self.panel.show("pairing", "remote paired")
-        self._send(reply)
+        self._send_pairing(self._remote_confirm, reply, now)
 
     def _pairing_failed(self, now: float, why: str) -> None:
+        self._pairing_echo = None
         failures = self._state.pairing_failures + 1
         self._state = replace(self._state, pairing_failures=failures)
         self._commit_state()

@@ -19,8 +19,10 @@ keys, so a successful comparison authenticates the exchanged keys.  ``M_r``
 and ``M_p`` are key confirmations under a key derived from ``ss``: each side
 proves it holds the private key it announced.
 
-Both classes are state machines with one method per event; any refused input
-moves them to FAILED for good (sticky, like h11's ERROR state).
+Both classes are state machines with one method per event.  A record that
+fails a check (key validation, commitment, confirmation) moves them to FAILED
+for good (sticky, like h11's ERROR state); a record of the wrong type for the
+current state is refused without changing anything.
 """
 
 from __future__ import annotations

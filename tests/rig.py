@@ -186,4 +186,5 @@ def pair(rig: Rig, client: RemoteClient) -> str:
         rig.user.remote_code = code
         return True
 
+    rig.user.remote_code = None  # a new pairing: the user has seen no code yet
     return client.pair(confirm).code
