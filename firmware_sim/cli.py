@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -57,8 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pumpsim",
         description="Run the simulated pump firmware on a serial port until stopped "
         "(also: 'pumpsim status --state DIR', 'pumpsim log --state DIR').",
@@ -96,7 +103,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _offline_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"pumpsim {command}")
+    parser = OneLineParser(prog=f"pumpsim {command}")
     parser.add_argument("--state", required=True, type=Path)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -128,8 +135,8 @@ def _run(args: argparse.Namespace) -> int:
     _attach_front_panel(pump, args, prescriber)
     if args.verbose:
         pump.on_record = _log_record
-    _say(f"[pump] running on {args.port}, state in {args.state}, time scale {args.time_scale}")
-    return _serve(pump, uart, clock, closers=(flash, motor))
+    announce = f"[pump] running on {args.port}, state in {args.state}, time scale {args.time_scale}"
+    return _serve(pump, uart, clock, closers=(flash, motor), announce=announce)
 
 
 def _run_legacy(args: argparse.Namespace) -> int:
@@ -141,15 +148,20 @@ def _run_legacy(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     clock = ScaledClock(args.time_scale)
     pump = LegacyPump(motor=motor, serial=serial, now=clock())
-    _say(
+    announce = (
         f"[pump] LEGACY MODE: the recalled, unprotected design, serial {serial.hex()}. "
         "Anyone who knows the serial can command this pump; recordings replay for ever."
     )
-    return _serve(pump, uart, clock, closers=(motor,))
+    return _serve(pump, uart, clock, closers=(motor,), announce=announce)
 
 
 def _serve(
-    firmware: Firmware, uart: Uart, clock: ScaledClock, *, closers: Sequence[Closable]
+    firmware: Firmware,
+    uart: Uart,
+    clock: ScaledClock,
+    *,
+    closers: Sequence[Closable],
+    announce: str,
 ) -> int:
     """Run the firmware's loop on the UART until SIGTERM or SIGINT, then close everything."""
     stop = threading.Event()
@@ -157,8 +169,10 @@ def _serve(
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Handlers first: whoever waits for the announcement may signal at once.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    _say(announce)
     try:
         run_pump(firmware, read=uart.read, write=uart.write, clock=clock, stop=stop)
     except UartError as exc:
@@ -220,9 +234,15 @@ def _status(args: argparse.Namespace) -> int:
     status = offline.read_status(args.state)
     if args.json:
         print(json.dumps(status, sort_keys=True))
-        return 0
-    for key, value in status.items():
-        print(f"{key}: {value}")
+    else:
+        for key, value in status.items():
+            print(f"{key}: {value}")
+    if status.get("storage_ok") is False:
+        print(
+            f"pumpsim: pump storage in {args.state} is corrupt: {status.get('storage_error')}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -243,11 +243,9 @@ class Pump:
             # A bad ledger must never make the pump more permissive (S8).
             self._ledger = BolusLedger.assume_full(state.policy, now=now)
             self.panel.show("alarm", "bolus history unreadable: remote boluses refused for 24 h")
-        self._audit = AuditLog(
-            self._flash,
-            *config.FLASH_AUDIT,
-            signing_key=Ed25519PrivateKey.from_private_bytes(state.audit_key),
-        )
+        audit_key = Ed25519PrivateKey.from_private_bytes(state.audit_key)
+        self._audit_public = audit_key.public_key().public_bytes_raw()
+        self._audit = AuditLog(self._flash, *config.FLASH_AUDIT, signing_key=audit_key)
         try:
             raw_delivery = self._delivery_store.load()
             if raw_delivery is None:
@@ -301,6 +299,7 @@ class Pump:
         log.error("SAFE STATE: %s", why)
         self.mode = PumpMode.SAFE_STATE
         self._state = PersistentState(pump_static=bytes(32), audit_key=bytes(32))
+        self._audit_public = bytes(32)
         self._delivery = DeliveryEngine(self._motor, now=now)
         self._ledger = BolusLedger.assume_full(self._state.policy, now=now)
         self._peers = []
@@ -363,12 +362,13 @@ class Pump:
             else:
                 raise MalformedRecord("unknown record type")
         except RemoteProtocolError as exc:
-            log.info(
-                "refused %s record (%d bytes): %s",
-                _type_name(kind),
-                len(record),
-                type(exc).__name__,
-            )
+            if log.isEnabledFor(logging.INFO):  # refusals are the flood path: keep it cheap
+                log.info(
+                    "refused %s record (%d bytes): %s",
+                    _type_name(kind),
+                    len(record),
+                    type(exc).__name__,
+                )
             self._reject(_REJECTION_KINDS.get(type(exc).__name__, "other"), now)
             if self.on_record is not None:
                 self.on_record("rx", record, f"refused ({type(exc).__name__})")
@@ -655,23 +655,47 @@ class Pump:
         record = OutcomeRecord(ended.cmd_id, ended.requested, ended.outcome, ended.delivered)
         if self.mode is PumpMode.SAFE_STATE:
             return record
-        self._ledger.settle(ended.cmd_id, ended.delivered, now)
+        stored = self._state.outcome(ended.cmd_id)
+        if stored is not None and stored.outcome is not Outcome.IN_PROGRESS:
+            # Settled before a power cut (found again at boot): write only what
+            # the cut may have lost -- never a second end entry.
+            self._audit_bolus_end(stored, now)
+            self._persist_delivery()
+            return stored
+        reserved = self._ledger.reserved
+        if reserved is not None and reserved[0] == ended.cmd_id:
+            # After a reboot the reservation is gone: the restored ledger then
+            # counts all requested pulses, which never undercounts.
+            self._ledger.settle(ended.cmd_id, ended.delivered, now)
         self._state = replace(self._state.with_outcome(record), ledger=self._ledger.snapshot(now))
         self._commit_state()
-        self._audit.append(
-            "bolus_" + ended.outcome.name.lower(),
-            {
-                "pulses": ended.delivered,
-                "requested_pulses": ended.requested,
-                "cmd_id": ended.cmd_id,
-            },
-            self._ms(now),
-        )
+        self._audit_bolus_end(record, now, check_recent=False)
         self._persist_delivery()
         self.panel.show(
             "info", f"bolus {ended.outcome.name.lower()}: {pulses_to_units(ended.delivered)} U"
         )
         return record
+
+    def _audit_bolus_end(
+        self, record: OutcomeRecord, now: float, *, check_recent: bool = True
+    ) -> None:
+        """The bolus's end entry (S10); with ``check_recent``, only if the last
+        entries do not already hold it (a cut between audit and snapshot)."""
+        event = "bolus_" + record.outcome.name.lower()
+        if check_recent and any(
+            entry.event == event and entry.fields.get("cmd_id") == record.command_id
+            for entry in self._audit.entries()[-4:]
+        ):
+            return
+        self._audit.append(
+            event,
+            {
+                "pulses": record.delivered,
+                "requested_pulses": record.requested,
+                "cmd_id": record.command_id,
+            },
+            self._ms(now),
+        )
 
     def _expire(self, now: float) -> None:
         if self._challenge is not None and now > self._challenge.expires_at:
@@ -872,6 +896,8 @@ class Pump:
         self._main_store.commit(encode_state(self._state))
 
     def _persist_delivery(self) -> None:
+        if self.mode is PumpMode.SAFE_STATE:
+            return  # storage is not trusted; the motor's witness is the record
         self._delivery_store.commit(cbor2.dumps(self._delivery.snapshot(), canonical=True))
 
     @staticmethod
@@ -894,8 +920,7 @@ class Pump:
 
     @property
     def audit_public_key(self) -> bytes:
-        key = Ed25519PrivateKey.from_private_bytes(self._state.audit_key)
-        return key.public_key().public_bytes_raw()
+        return self._audit_public
 
     @property
     def persistent(self) -> PersistentState:

@@ -29,11 +29,16 @@ class Uart:
         except (serial.SerialException, ValueError, OSError) as exc:
             raise UartError(f"cannot open port {port}: {exc}") from None
         self.port = port
+        self._timeout = 0.0
 
     def read(self, timeout: float) -> bytes:
         """Whatever arrived within ``timeout`` seconds (possibly nothing)."""
         try:
-            self._serial.timeout = timeout
+            # Setting a pyserial timeout reconfigures the port: only on change
+            # (the firmware loop always asks for the same tick interval).
+            if timeout != self._timeout:
+                self._serial.timeout = timeout
+                self._timeout = timeout
             first: bytes = self._serial.read(1)
             if not first:
                 return b""
@@ -45,8 +50,8 @@ class Uart:
 
     def write(self, data: bytes) -> None:
         try:
+            # write_timeout bounds a stuck port; no drain per write.
             self._serial.write(data)
-            self._serial.flush()
         except (serial.SerialException, OSError) as exc:
             raise UartError(f"port {self.port} failed: {exc}") from None
 

@@ -6,6 +6,10 @@
     pumpctl policy sign --key FILE --pump-id HEX --version N --max-bolus U --max-1h U
             --max-24h U --out FILE
     pumpctl link vnull
+    pumpctl link tap --a PORT --b PORT --capture FILE [--seed N] [--drop P] [--duplicate P]
+            [--reorder P] [--corrupt P] [--hold P] [--hold-s S] [--delay-s S] [--only DIR]
+    pumpctl link replay --port PORT --capture FILE [--direction DIR] [--interval-s S]
+            [--keep-timing]
     pumpctl demo
 
 Exit status: 0 success; 2 usage or link error; 3 refused by the pump (the
@@ -19,15 +23,20 @@ import argparse
 import contextlib
 import json
 import logging
+import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from protocol import (
+    FramingError,
     LimitPolicy,
     PolicyInvalid,
+    decode_frame,
     describe_record,
     encode_policy,
     pulses_to_float_units,
@@ -37,6 +46,7 @@ from protocol import (
 )
 
 from . import prescriber
+from .capture import CapturedFrame, CaptureError, Direction
 from .client import ClientError, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
 from .journal import Journal, JournalError
 from .keystore import KeyStore, KeyStoreError
@@ -52,8 +62,15 @@ class UsageError(Exception):
     """Bad arguments or files; exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pumpctl", description="Command a pumpguard pump as its remote controller."
     )
     parser.add_argument("--port", help="device path, pty path or pyserial URL (loop://, socket://)")
@@ -95,6 +112,56 @@ def _parser() -> argparse.ArgumentParser:
     link = commands.add_parser("link", help="link tools")
     link_commands = link.add_subparsers(dest="link_command", required=True)
     link_commands.add_parser("vnull", help="create a linked pty pair and print both paths")
+    tap = link_commands.add_parser(
+        "tap",
+        help="relay between two ports, recording every frame to a pcap file, injecting faults",
+    )
+    tap.add_argument("--a", required=True, metavar="PORT", help="one port (e.g. the remote's side)")
+    tap.add_argument("--b", required=True, metavar="PORT", help="the other (e.g. the pump's side)")
+    tap.add_argument(
+        "--capture", required=True, type=Path, metavar="FILE", help="pcap file to write"
+    )
+    faults = tap.add_argument_group("faults (per frame, seeded: the same seed, the same faults)")
+    faults.add_argument("--seed", type=int, default=0, help="fault seed (default 0)")
+    faults.add_argument("--drop", type=_rate, default=0.0, metavar="P", help="drop probability")
+    faults.add_argument(
+        "--duplicate", type=_rate, default=0.0, metavar="P", help="send a frame twice"
+    )
+    faults.add_argument(
+        "--reorder", type=_rate, default=0.0, metavar="P", help="send a frame after the next one"
+    )
+    faults.add_argument(
+        "--corrupt", type=_rate, default=0.0, metavar="P", help="flip one random bit of a frame"
+    )
+    faults.add_argument(
+        "--hold", type=_rate, default=0.0, metavar="P", help="hold a frame back for --hold-s"
+    )
+    faults.add_argument(
+        "--hold-s", type=_seconds, default=5.0, metavar="S", help="how long (default 5)"
+    )
+    faults.add_argument(
+        "--delay-s", type=_seconds, default=0.0, metavar="S", help="latency added to every frame"
+    )
+    faults.add_argument(
+        "--only", choices=sorted(_DIRECTIONS), help="apply the faults in one direction only"
+    )
+    replay = link_commands.add_parser("replay", help="send the frames of a capture again")
+    # Also accepted before the command, like every pumpctl command's --port.
+    replay.add_argument("--port", dest="replay_port", metavar="PORT", help="where to send them")
+    replay.add_argument(
+        "--capture", required=True, type=Path, metavar="FILE", help="pcap file from 'link tap'"
+    )
+    replay.add_argument(
+        "--direction",
+        choices=sorted(_DIRECTIONS),
+        help="only the frames that went this way (default: all)",
+    )
+    replay.add_argument(
+        "--interval-s", type=_seconds, default=0.05, metavar="S", help="pause between frames"
+    )
+    replay.add_argument(
+        "--keep-timing", action="store_true", help="reproduce the recorded gaps instead"
+    )
     commands.add_parser("demo", help="the whole story in one process, nothing to set up")
     return parser
 
@@ -111,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         _fail(str(exc))
         return exc.exit_status
-    except (UsageError, KeyStoreError, JournalError, LinkError, PolicyInvalid) as exc:
+    except (UsageError, KeyStoreError, JournalError, LinkError, PolicyInvalid, CaptureError) as exc:
         _fail(str(exc))
         return EXIT_USAGE_OR_LINK
     except KeyboardInterrupt:
@@ -130,6 +197,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo()
     if command == "link":
+        if args.link_command == "tap":
+            return _tap(args)
+        if args.link_command == "replay":
+            return _replay(args)
         return _vnull()
     if command == "policy" and args.policy_command == "keygen":
         prescriber.keygen(args.private, args.public)
@@ -162,15 +233,35 @@ class _connected:
         except LinkError:
             self._journal.close()
             raise
+        try:
+            return self._settled_client()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _settled_client(self) -> RemoteClient:
+        args = self._args
         channel = RecordChannel(self._link, on_frame=_log_frame if args.verbose else None)
         client = RemoteClient(channel, self._keys, self._journal)
-        if args.command != "pair" and self._keys.pairing() is not None:
-            unknown = client.settle_pending()
-            if unknown and args.command in ("bolus",):
-                raise ClientError(
-                    f"bolus {unknown[0].hex()[:8]} is still unsettled (no answer from the pump); "
-                    "run 'pumpctl status' when the link is back"
+        if args.command == "pair" or self._keys.pairing() is None:
+            return client
+        before = {pending.command_id for pending in self._journal.pending()}
+        # 'cancel' must not wait for a running bolus to end before stopping it,
+        # and 'status' shows it as active: neither follows it to its end.
+        unknown = client.settle_pending(follow=args.command not in ("cancel", "status"))
+        for settled in self._journal.settled():
+            if settled.command_id in before:
+                print(
+                    f"pumpctl: earlier bolus {settled.command_id.hex()[:8]} settled: "
+                    f"{settled.outcome.replace('_', ' ')}, {pulses_to_units(settled.delivered)} U "
+                    f"of {pulses_to_units(settled.pulses)} U",
+                    file=sys.stderr,
                 )
+        if unknown and args.command == "bolus":
+            raise ClientError(
+                f"bolus {unknown[0].hex()[:8]} is still unsettled (no answer from the pump); "
+                "run 'pumpctl status' when the link is back"
+            )
         return client
 
     def __exit__(self, *exc: object) -> None:
@@ -188,11 +279,14 @@ def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def _pair(client: RemoteClient, args: argparse.Namespace) -> int:
+    # With --json, stdout carries only the result; people's lines go to stderr.
+    human = sys.stderr if args.json else sys.stdout
+
     def confirm(code: str) -> bool:
         spaced = f"{code[:3]} {code[3:]}"
-        print(f"pairing code: {spaced}  (the pump shows a code too: they must match)", flush=True)
+        print(f"pairing code: {spaced}  (the pump shows a code too: they must match)", file=human)
         if getattr(args, "auto_confirm", False):
-            print("[SIMULATED USER --auto-confirm] confirming WITHOUT comparing", flush=True)
+            print("[SIMULATED USER --auto-confirm] confirming WITHOUT comparing", file=human)
             return True
         if sys.stdin is not None and sys.stdin.isatty():
             answer = input("Does the pump show the same code? [y/N] ").strip().lower()
@@ -204,7 +298,7 @@ def _pair(client: RemoteClient, args: argparse.Namespace) -> int:
             "or pass 'pair --auto-confirm' to simulate a user who confirms (testing only)"
         )
 
-    print("asking the pump to pair: open Menu > Remote > Pair on the pump", flush=True)
+    print("asking the pump to pair: open Menu > Remote > Pair on the pump", file=human, flush=True)
     result = client.pair(confirm)
     _out(
         args,
@@ -333,9 +427,14 @@ def _sign_policy(args: argparse.Namespace) -> int:
             units_to_pulses(args.max_1h),
             units_to_pulses(args.max_24h),
         )
-        pump = bytes.fromhex(args.pump_id)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        pump = bytes.fromhex(args.pump_id)
+    except ValueError:
+        raise UsageError(
+            f"--pump-id {args.pump_id!r} is not hex (the 16-digit pump_id 'pumpctl status' shows)"
+        ) from None
     key = prescriber.read_private(args.key)
     try:
         body = encode_policy(limits, for_pump=pump)
@@ -359,6 +458,83 @@ def _vnull() -> int:
         cable.close()
     if cable.failure is not None:
         raise LinkDown(f"null-modem relay failed: {cable.failure}")
+    return EXIT_OK
+
+
+_DIRECTIONS = {"a-to-b": Direction.A_TO_B, "b-to-a": Direction.B_TO_A}
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number of seconds")
+    return value
+
+
+def _log_captured(frame: CapturedFrame) -> None:
+    try:
+        what = describe_record(decode_frame(frame.frame[:-1]))
+    except FramingError:
+        what = f"{len(frame.frame)}-byte damaged frame"
+    log.info("%s %s", frame.direction.arrow, what)
+
+
+def _tap(args: argparse.Namespace) -> int:
+    from .tap import FaultPlan, run_tap
+
+    plan = FaultPlan(
+        seed=args.seed,
+        drop_rate=args.drop,
+        duplicate_rate=args.duplicate,
+        reorder_rate=args.reorder,
+        corrupt_rate=args.corrupt,
+        hold_rate=args.hold,
+        hold_s=args.hold_s,
+        delay_s=args.delay_s,
+        only=_DIRECTIONS.get(args.only) if args.only else None,
+    )
+    stop = threading.Event()
+    # Ctrl-C and SIGTERM end the tap cleanly: held frames go out, the capture is closed.
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    print(f"tap: {args.a} <-> {args.b}, recording to {args.capture}; Ctrl-C stops", flush=True)
+    summary = run_tap(
+        args.a,
+        args.b,
+        args.capture,
+        plan,
+        stop,
+        on_frame=_log_captured if args.verbose else None,
+    )
+    print(summary.describe(), flush=True)
+    if summary.failure is not None:
+        raise LinkDown(f"tap stopped: {summary.failure}")
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .tap import replay
+
+    port = args.replay_port or args.port
+    if not port:
+        raise UsageError("'link replay' needs --port PORT")
+    direction = _DIRECTIONS.get(args.direction) if args.direction else None
+    interval = None if args.keep_timing else args.interval_s
+    sent = replay(port, args.capture, direction, interval)
+    print(f"replayed {sent} frame(s) from {args.capture} to {port}", flush=True)
     return EXIT_OK
 
 

@@ -190,22 +190,29 @@ class RemoteClient:
             LinkDown: the pump never answered.
             ClientError: the codes did not match, or the pump refused.
         """
-        initiator = PairingInitiator(
-            self._keys.remote_static(self._random_bytes), self._random_bytes
-        )
+        static = self._keys.remote_static(self._random_bytes)
+        initiator = PairingInitiator(static, self._random_bytes)
         request = initiator.start()
-        commit = self._exchange_raw(request, RecordType.PAIR_COMMIT, PAIRING_WAIT_S, resend=1.0)
-        nonce_reply = initiator.receive_commit(commit)
-        pump_nonce = self._exchange_raw(nonce_reply, RecordType.PAIR_PUMP_NONCE, 10.0, resend=1.0)
-        code = initiator.receive_pump_nonce(pump_nonce)
-        if not confirm_code(code):
-            initiator.abort()
-            raise ClientError("pairing cancelled: the codes did not match")
-        confirm = initiator.confirm()
-        reply = self._exchange_raw(
-            confirm, RecordType.PAIR_PUMP_CONFIRM, PAIRING_WAIT_S, resend=2.0
-        )
-        result = initiator.receive_pump_confirm(reply)
+        try:
+            commit = self._exchange_raw(request, RecordType.PAIR_COMMIT, PAIRING_WAIT_S, resend=1.0)
+            nonce_reply = initiator.receive_commit(commit)
+            pump_nonce = self._exchange_raw(
+                nonce_reply, RecordType.PAIR_PUMP_NONCE, 10.0, resend=1.0
+            )
+            code = initiator.receive_pump_nonce(pump_nonce)
+            if not confirm_code(code):
+                initiator.abort()
+                raise ClientError("pairing cancelled: the codes did not match")
+            confirm = initiator.confirm()
+            reply = self._exchange_raw(
+                confirm, RecordType.PAIR_PUMP_CONFIRM, PAIRING_WAIT_S, resend=2.0
+            )
+            result = initiator.receive_pump_confirm(reply)
+        except ProtocolError as exc:
+            raise ClientError(
+                f"pairing refused: the pump's answer did not verify ({type(exc).__name__}); "
+                "nothing was stored"
+            ) from None
         self._keys.save_pairing(result.peer_static, pump_id(result.peer_static))
         self._session = None
         return result
@@ -330,6 +337,9 @@ class RemoteClient:
         unsettled = self.settle_pending()
         if unsettled:
             raise OutcomeUnknown(unsettled[0], "an earlier bolus is still unsettled")
+        # Reach the pump before journaling: a bolus that cannot even be sent
+        # (not paired, unreadable key, dead link) leaves nothing to settle.
+        self._session_for_use()
         command_id = self._random_bytes(wire.COMMAND_ID_LEN)
         # Journaled before the first byte is sent: a crash from here on is settled later.
         self._journal.record_pending(command_id, pulses)
@@ -376,12 +386,14 @@ class RemoteClient:
         self._journal.settle(command_id, outcome.outcome.name.lower(), outcome.delivered)
         return BolusResult(command_id, outcome.outcome, outcome.requested, outcome.delivered)
 
-    def settle_pending(self) -> list[bytes]:
+    def settle_pending(self, *, follow: bool = True) -> list[bytes]:
         """Ask the pump about every journaled bolus; return the ids still unknown.
 
         A bolus the pump never committed is settled as not delivered: the
         pump voids any challenge for it while answering, so it can no
-        longer start.  One still in progress is settled when it ends.
+        longer start.  One still in progress is followed to its end, or,
+        with ``follow=False``, left pending (and not counted as unknown) so
+        that the caller can, for example, cancel it first.
         """
         unknown = []
         for pending in self._journal.pending():
@@ -399,7 +411,7 @@ class RemoteClient:
                 self._journal.settle(
                     pending.command_id, response.outcome.name.lower(), response.delivered
                 )
-            else:
+            elif follow:
                 self._follow(pending.command_id, response, None)
         return unknown
 
@@ -458,6 +470,13 @@ class RemoteClient:
         Our key is erased even if the pump's answer is lost: either way this
         remote can no longer command the pump.
         """
+        if not self._keys.key_path.exists() and self._keys.pairing() is not None:
+            # Half unpaired (our key already gone): finish the job here.
+            self._keys.erase_pairing()
+            raise LinkDown(
+                "this remote's key was already gone; its pairing is erased here now - "
+                "unpair it on the pump's menu too"
+            )
         try:
             self.request(Unpair)
         except (LinkDown, AuthenticationFailed):

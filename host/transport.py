@@ -132,6 +132,8 @@ def _serial_errors() -> tuple[type[BaseException], ...]:
 
 
 _SERIAL_ERRORS: Final = _serial_errors()
+#: Longest single wait of :meth:`SerialLink.read`.
+_POLL_S: Final = 0.05
 
 
 _ERRNO_REASONS: Final = {
@@ -236,10 +238,13 @@ class SerialLink:
 
     def read(self, timeout: float) -> bytes:
         self._check_open()
-        timeout = max(0.0, timeout)
+        # Wait in slices of at most _POLL_S: callers pass the time left to a
+        # deadline, a new value every call, and setting a pyserial timeout
+        # reconfigures the port.  With slices the value rarely changes; a
+        # caller wanting longer simply reads again.
+        timeout = min(max(0.0, timeout), _POLL_S)
         try:
-            # Setting a pyserial timeout reconfigures the port, so only do it
-            # when the value changes.
+            # Only reconfigure the port when the value changes.
             if timeout != self._timeout:
                 self._port.timeout = timeout
                 self._timeout = timeout

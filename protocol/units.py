@@ -15,21 +15,24 @@ ValueError: 0.07 U is not a multiple of the pump's 0.05 U pulse
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 from .wire import PULSE_MILLIUNITS
 
 #: Doses travel as uint32 pulses; anything above is a typo, not a dose.
 _MAX_PULSES = 0xFFFF_FFFF
+_DOSE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 def units_to_pulses(text: str) -> int:
     """Parse a dose in units; raise ValueError unless it is a whole, positive number of pulses."""
-    try:
-        units = Decimal(text.strip())
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a number of units") from None
-    if not units.is_finite() or units <= 0:
+    stripped = text.strip()
+    # ASCII digits only: Decimal would also take fullwidth digits or "inf".
+    if not _DOSE.fullmatch(stripped):
+        raise ValueError(f"{text!r} is not a number of units (like 1.5)")
+    units = Decimal(stripped)
+    if units <= 0:
         raise ValueError(f"{text} U is not a positive dose")
     pulses = units * 1000 / PULSE_MILLIUNITS
     if pulses > _MAX_PULSES:
