@@ -1,19 +1,25 @@
-"""Shared fixtures for the benchmarks, and the ratio table printed at the end.
+"""Shared fixtures for the benchmarks, and the tables printed at the end.
 
 With benchmarks disabled (the default ``addopts``), every benchmark body
 runs once as a smoke test and no timing exists: the summary then prints the
-bytes-on-the-wire table only and says why there are no ratios.  Timings are
-never asserted; see bench/README.md.
+bytes-on-the-wire tables (and any other table a test handed to
+:func:`summary_table`) and says why there are no ratios.  Timings are never
+asserted; see bench/README.md.
+
+``--memory-frames N`` sets how many refused frames bench_memory.py pushes
+through the pump: by default 10,000 when benchmarks are disabled (smoke)
+and 1,000,000 when they are enabled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from bench.firmware import PumpParty
 from bench.parties import Pairing, make_pairing, make_sessions
 from bench.report import Timing, bytes_table, ratio_table
 from protocol import SecureSession
@@ -23,13 +29,39 @@ from protocol import SecureSession
 class _Collected:
     timings: dict[str, Timing] = field(default_factory=dict)
     extra_info: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: Title -> markdown lines, printed in the summary in the order added.
+    tables: dict[str, list[str]] = field(default_factory=dict)
 
 
 _COLLECTED = pytest.StashKey[_Collected]()
 
+#: Adds a titled markdown table to the end-of-run summary.
+SummaryTable = Callable[[str, Sequence[str]], None]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--memory-frames",
+        type=int,
+        default=None,
+        help="refused frames bench_memory.py sends through the pump "
+        "(default 10,000 with benchmarks disabled, 1,000,000 enabled)",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_COLLECTED] = _Collected()
+
+
+@pytest.fixture
+def summary_table(request: pytest.FixtureRequest) -> SummaryTable:
+    """``summary_table(title, lines)``: print ``lines`` under ``title`` after the run."""
+    collected = request.config.stash[_COLLECTED]
+
+    def add(title: str, lines: Sequence[str]) -> None:
+        collected.tables[title] = list(lines)
+
+    return add
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +93,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "pumpguard: bytes on the wire")
         for line in wire:
             terminalreporter.write_line(line)
+    for title, lines in collected.tables.items():
+        terminalreporter.write_sep("-", f"pumpguard: {title}")
+        for line in lines:
+            terminalreporter.write_line(line)
     if not collected.extra_info and not collected.timings:
         return
     terminalreporter.write_sep("-", "pumpguard: ratios (same run)")
@@ -86,3 +122,11 @@ def pairing() -> Pairing:
 def sessions(pairing: Pairing) -> tuple[SecureSession, SecureSession]:
     """``(remote, pump)`` sessions from a real handshake."""
     return make_sessions(pairing)
+
+
+@pytest.fixture
+def pump_party() -> Iterator[PumpParty]:
+    """The real firmware on in-memory flash, paired, with a live session."""
+    party = PumpParty()
+    yield party
+    party.close()
