@@ -15,7 +15,7 @@ break it:
   attacker -- outside the protocol's control -- and even then the attacker
   cannot bolus until remote bolus is switched on at the pump; a remote
   user who confirms blindly ends up paired with the attacker posing as the
-  pump (see the xfail below on ``pumpctl pair`` without a terminal);
+  pump (see the test below on ``pumpctl pair`` without a terminal);
 * a recorded pairing replayed to the pump pairs nothing, even with a user
   who confirms blindly; a key announced by someone who does not hold it
   is never paired;
@@ -158,8 +158,7 @@ def remote(rig: Rig, keys_dir: Path, seed: str, link: Link | None = None) -> Rem
 
 
 def pair_with(rig: Rig, remote: Remote) -> str:
-    """``rig.pair`` for any remote, not only the first: the user forgets the last code."""
-    rig.user.remote_code = None
+    """``pair`` for any remote, not only the first (rig.pair forgets the last code)."""
     return pair(rig, remote.client)
 
 
