@@ -108,7 +108,8 @@ def render(counts: dict[str, dict[str, int]], slow: bool) -> str:
     )
     lines.append("")
     verdict = (
-        "0 — every test asserts it against the motor's own witness, and none failed"
+        "0 — every test that can deliver insulin asserts it against the motor's own witness, "
+        "and none failed"
         if total["failed"] == 0
         else f"UNKNOWN — {total['failed']} test(s) failed; read their output"
     )
