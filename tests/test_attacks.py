@@ -699,8 +699,9 @@ def test_a_never_paired_remote_that_knows_the_pumps_public_key_gets_nothing(
     intruder.keys.remote_static(seeded_random("intruder key"))
     intruder.keys.save_pairing(pump_public, pump_id(pump_public))  # "paired" on its own
     world.pump_output()
-    with pytest.raises(ClientError):  # LinkDown, or OutcomeUnknown once journaled
+    with pytest.raises(LinkDown, match="does not answer the handshake"):
         intruder.client.bolus(20)
+    assert intruder.journal.pending() == []  # refused at the handshake: never sent
     assert intruder.link.received == []  # the pump never said a word to it
     assert world.bolus_by_witness() == 0
     assert len(world.rig.pump.persistent.remotes) == 1
