@@ -197,6 +197,10 @@ def _attach_front_panel(pump: Pump, args: argparse.Namespace, prescriber: bytes 
         if args.auto_confirm and event.kind == "pairing-request" and pump.mode is PumpMode.RUNNING:
             _say("[SIMULATED USER --auto-confirm] opening Menu > Remote > Pair on the pump")
             pump.panel.press(Button.PAIR)
+        if args.remote_bolus and event.kind == "pairing" and event.text == "remote paired":
+            # A new pairing switches remote bolus off (SPEC §9.5); this user turns it on again.
+            _say("[SIMULATED USER --remote-bolus] switching remote bolus ON again after pairing")
+            pump.panel.press(Button.REMOTE_BOLUS_ON)
         if args.auto_confirm and event.kind == "code":
             _say(
                 "[SIMULATED USER --auto-confirm] confirming the code shown WITHOUT comparing "

@@ -862,15 +862,24 @@ class Pump:
         assert pairing is not None
         result, reply = pairing.user_confirmed()
         remotes = tuple(r for r in self._state.remotes if r != result.peer_static)
-        # Atomic: the new remote and the reset failure count in one commit (S8).
+        # Atomic: the new remote, the reset failure count and remote bolus
+        # switched off in one commit (S8).  A new remote never inherits remote
+        # bolus: if the user confirmed a code without comparing it, the remote
+        # they paired cannot deliver insulin until they also switch it on (S4).
+        was_enabled = self._state.remote_bolus_enabled
         self._state = replace(
-            self._state, remotes=(*remotes, result.peer_static), pairing_failures=0
+            self._state,
+            remotes=(*remotes, result.peer_static),
+            pairing_failures=0,
+            remote_bolus_enabled=False,
         )
         self._commit_state()
         self._peers = self._make_peers()
         self._audit.append("paired", {"remote": result.peer_static[:4].hex()}, self._ms(now))
         self._leave_pairing()
         self.panel.show("pairing", "remote paired")
+        if was_enabled:
+            self.panel.show("info", "remote bolus is now OFF: switch it on again in the menu")
         self._send_pairing(self._remote_confirm, reply, now)
 
     def _pairing_failed(self, now: float, why: str) -> None:

@@ -409,6 +409,8 @@ def test_a_bolus_replayed_after_re_pairing_delivers_nothing(world: World, same_k
         remote.client.unpair()
         again = world.remote("second")
     world.pair(again)
+    # A new pairing switches remote bolus off (SPEC §9.5): the user switches it on again.
+    world.rig.press(Button.REMOTE_BOLUS_ON)
     world.pump_output()
     world.inject(recording)
     settle(world)

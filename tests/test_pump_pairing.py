@@ -1166,3 +1166,24 @@ def test_rig_pair_helper_pairs_a_second_remote(tmp_path: Path) -> None:
     pair(rig, rig.remote(str(tmp_path / "a"), seed="a"))
     pair(rig, rig.remote(str(tmp_path / "b"), seed="b"))
     assert len(rig.pump.persistent.remotes) == 2
+
+
+def test_a_new_pairing_switches_remote_bolus_off(tmp_path: Path) -> None:
+    """SPEC §9.5: a new remote never inherits remote bolus.  A user who confirmed a
+    code without comparing it has paired a remote that still cannot deliver insulin
+    until they also switch remote bolus on at the pump."""
+    rig = Rig()
+    first = rig.remote(str(tmp_path / "first"), seed="first")
+    pair(rig, first)
+    rig.press(Button.REMOTE_BOLUS_ON)
+    assert rig.pump.persistent.remote_bolus_enabled
+    second = rig.remote(str(tmp_path / "second"), seed="second")
+    pair(rig, second)
+    assert not rig.pump.persistent.remote_bolus_enabled
+    assert "remote bolus is now OFF: switch it on again in the menu" in rig.pump.panel.shown("info")
+    with pytest.raises(PumpRefused) as refused:
+        second.bolus(20)
+    assert refused.value.code is RefusalCode.REMOTE_BOLUS_DISABLED
+    assert rig.pump.delivery.bolus_pulses_delivered == 0
+    rig.reboot()
+    assert not rig.pump.persistent.remote_bolus_enabled  # committed with the pairing
