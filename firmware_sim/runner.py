@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -69,3 +70,27 @@ def run_pump(
         out = pump.data_to_send()
         if out:
             write(out)
+
+
+@contextmanager
+def running_in_thread(
+    firmware: Firmware,
+    *,
+    read: Callable[[float], bytes],
+    write: Callable[[bytes], None],
+    clock: Callable[[], float],
+) -> Iterator[None]:
+    """Run :func:`run_pump` in a daemon thread for the duration of the block
+    (the demo and tests run a pump beside the remote in one process)."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_pump,
+        kwargs={"pump": firmware, "read": read, "write": write, "clock": clock, "stop": stop},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

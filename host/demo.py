@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from firmware_sim.legacy import LegacyPump
 from firmware_sim.motor import Motor
 from firmware_sim.panel import Button, PanelEvent
 from firmware_sim.pump import Pump, PumpMode
-from firmware_sim.runner import Firmware, ScaledClock, run_pump
+from firmware_sim.runner import Firmware, ScaledClock, running_in_thread
 from protocol import legacy, pulses_to_units, units_to_pulses
 
 from .client import PumpRefused, RemoteClient
@@ -63,25 +62,8 @@ def _say(text: str) -> None:
 
 @contextmanager
 def _running(firmware: Firmware, link: MemoryLink, clock: Callable[[], float]) -> Iterator[None]:
-    """Run the firmware's main loop in a thread for the duration of the block."""
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_pump,
-        kwargs={
-            "pump": firmware,
-            "read": link.read,
-            "write": link.write,
-            "clock": clock,
-            "stop": stop,
-        },
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with running_in_thread(firmware, read=link.read, write=link.write, clock=clock):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def run_demo() -> int:

@@ -65,7 +65,7 @@ from firmware_sim.legacy import LegacyPump
 from firmware_sim.motor import Motor
 from firmware_sim.panel import Button
 from firmware_sim.pump import PumpMode
-from firmware_sim.runner import Firmware, ScaledClock, run_pump
+from firmware_sim.runner import Firmware, ScaledClock, running_in_thread
 from host.capture import CaptureWriter, Direction, read_capture
 from host.client import (
     ClientError,
@@ -1115,24 +1115,8 @@ TIME_SCALE = 50.0
 
 @contextlib.contextmanager
 def running(firmware: Firmware, link: MemoryLink, clock: Callable[[], float]) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_pump,
-        kwargs={
-            "pump": firmware,
-            "read": link.read,
-            "write": link.write,
-            "clock": clock,
-            "stop": stop,
-        },
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with running_in_thread(firmware, read=link.read, write=link.write, clock=clock):
         yield
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def basal_allowance(pump_seconds: float) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rig import TICK_S, Rig, pair, seeded_random
 
 from firmware_sim.panel import Button
-from firmware_sim.runner import ScaledClock, run_pump
+from firmware_sim.runner import ScaledClock, running_in_thread
 from host.capture import CapturedFrame, CaptureWriter, Direction, read_capture
 from host.client import OutcomeUnknown, PumpRefused, RemoteClient
 from host.journal import Journal, SettledCommand
@@ -354,24 +353,10 @@ def pump_thread(rig: Rig, link: MemoryLink) -> Iterator[ScaledClock]:
     """The rig's pump, handed to ``run_pump`` on a clock that continues the rig's."""
     base = rig.clock.now
     scaled = ScaledClock(THREAD_SCALE)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_pump,
-        kwargs={
-            "pump": rig.pump,
-            "read": link.read,
-            "write": link.write,
-            "clock": lambda: base + scaled(),
-            "stop": stop,
-        },
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with running_in_thread(
+        rig.pump, read=link.read, write=link.write, clock=lambda: base + scaled()
+    ):
         yield scaled
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def test_bolus_soak_through_the_threaded_tap(tmp_path: Path) -> None:
