@@ -141,7 +141,9 @@ def _secure_story(keys_dir: Path) -> str:
         pump.on_record = lambda direction, record, verdict: verdicts.append(verdict)
         for chunk in recorded:
             remote_end.write(chunk)
-        time.sleep(1.0)
+        frames = sum(chunk.count(0) for chunk in recorded)  # one delimiter per frame
+        _wait_until(lambda: len(verdicts) >= frames)
+        time.sleep(0.5)  # and let the pump's clock run on: nothing may start late
         pump.on_record = None
         extra = pump.delivery.bolus_pulses_delivered - before
         refused = sum(verdict.startswith("refused") for verdict in verdicts)
@@ -177,20 +179,24 @@ def _legacy_story(keys_dir: Path) -> str:
             units_to_pulses(DEMO_BOLUS).to_bytes(2, "big"),
         )
         channel.send(bolus)
-        _wait_idle(pump)
+        _wait_for_bolus(pump, 0)
         first = pump.delivery.bolus_pulses_delivered
         _say(f"legacy remote sends a {DEMO_BOLUS} U bolus: {pulses_to_units(first)} U delivered")
         for chunk in list(recorder.chunks):
             remote_end.write(chunk)
-        time.sleep(0.1)
-        _wait_idle(pump)
+        _wait_for_bolus(pump, first)
         extra = pump.delivery.bolus_pulses_delivered - first
         _say(f"attacker replays the recording: {pulses_to_units(extra)} U delivered AGAIN")
     return pulses_to_units(extra)
 
 
-def _wait_idle(pump: LegacyPump, timeout: float = 10.0) -> None:
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    time.sleep(0.1)
-    while pump.delivery.active_bolus is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _wait_for_bolus(pump: LegacyPump, delivered_before: int) -> None:
+    """Until a bolus has started on the legacy pump and finished (or 10 s passed)."""
+    _wait_until(lambda: pump.delivery.bolus_pulses_delivered > delivered_before)
+    _wait_until(lambda: pump.delivery.active_bolus is None)
