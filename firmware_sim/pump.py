@@ -150,8 +150,6 @@ class _LiveSession:
     session: SecureSession
     remote_static: bytes
     last_used: float
-    #: A pending session becomes current on its first verified DATA record.
-    confirmed: bool
 
 
 #: Short names for refused inputs in the audit log's aggregated entry.
@@ -393,7 +391,6 @@ class Pump:
             SecureSession(accepted.keys, established_at=now),
             self._state.remotes[accepted.peer_index],
             last_used=now,
-            confirmed=False,
         )
         self._send(accepted.reply)
 
@@ -413,7 +410,6 @@ class Pump:
                 raise AuthenticationFailed("no session")
             plaintext = pending.session.open(record)
             # Key confirmation (SPEC §6.4): promote, forget the old session's keys.
-            pending.confirmed = True
             self._session, self._pending = pending, None
             self._challenge = None
             live = pending

@@ -2,11 +2,12 @@
 
 Everything the pump must remember across power loss that changes only on a
 command or a front-panel action lives in one :class:`PersistentState`,
-committed atomically as one snapshot (firmware_sim.store).  Counters that
-change on every motor pulse live in :class:`DeliveryCounters`, committed to
-a second, smaller store so a pulse does not rewrite the whole state.
+committed atomically as one snapshot (firmware_sim.store).  What changes on
+every motor pulse is the delivery engine's own snapshot
+(``DeliveryEngine.snapshot``), committed to a second, smaller store so a pulse
+does not rewrite the whole state.
 
-Both are deterministic CBOR arrays; :func:`decode_state` refuses anything
+The state is a deterministic CBOR array; :func:`decode_state` refuses anything
 else with :class:`StateInvalid`, and the firmware then enters its safe state
 (remote bolus off, alarm) instead of falling back to defaults (S8).
 
@@ -26,9 +27,6 @@ CDDL::
         boot-count: uint,
     ]
     outcome-record = [command-id: bstr .size 16, requested: uint, outcome: uint, delivered: uint]
-
-    delivery-counters = [format: 1, bolus-pulses: uint, basal-pulses: uint,
-                         active-command-id: bstr .size (0/16), active-delivered: uint]
 """
 
 from __future__ import annotations
@@ -91,14 +89,6 @@ class PersistentState:
             victim = next(i for i, r in enumerate(kept) if r.outcome is not Outcome.IN_PROGRESS)
             del kept[victim]
         return replace(self, outcomes=tuple(kept))
-
-
-@dataclass(frozen=True)
-class DeliveryCounters:
-    bolus_pulses: int = 0
-    basal_pulses: int = 0
-    active_command_id: bytes = b""
-    active_delivered: int = 0
 
 
 def encode_state(state: PersistentState) -> bytes:
@@ -178,32 +168,6 @@ def decode_state(data: bytes) -> PersistentState:
         pairing_failures=failures,
         boot_count=boots,
     )
-
-
-def encode_counters(counters: DeliveryCounters) -> bytes:
-    return cbor2.dumps(
-        [
-            FORMAT,
-            counters.bolus_pulses,
-            counters.basal_pulses,
-            counters.active_command_id,
-            counters.active_delivered,
-        ],
-        canonical=True,
-    )
-
-
-def decode_counters(data: bytes) -> DeliveryCounters:
-    try:
-        items = cbor2.loads(data)
-        _need(isinstance(items, list) and len(items) == 5 and items[0] == FORMAT, "format")
-        _need(all(_is_uint(v) for v in (items[1], items[2], items[4])), "counts")
-        _need(type(items[3]) is bytes and len(items[3]) in (0, wire.COMMAND_ID_LEN), "command id")
-    except StateInvalid:
-        raise
-    except Exception as exc:
-        raise StateInvalid(f"undecodable counters ({type(exc).__name__})") from None
-    return DeliveryCounters(items[1], items[2], items[3], items[4])
 
 
 def _need(condition: bool, what: str) -> None:

@@ -354,20 +354,21 @@ class RemoteClient:
 
     def _prepare_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
         """Challenge, then commit.  A challenge that expired in transit is
-        fetched again once: the refusal proves nothing was delivered."""
-        for attempt in range(2):
-            response = self.request(BolusPrepare, command_id, pulses)
-            if isinstance(response, BolusChallenge):
-                try:
-                    response = self.request(BolusCommit, command_id, pulses, response.challenge)
-                except PumpRefused as refusal:
-                    if refusal.code is RefusalCode.CHALLENGE_INVALID and attempt == 0:
-                        continue
-                    raise
-            if isinstance(response, CommandOutcome):
-                return response
+        fetched again once: its refusal proves nothing was delivered."""
+        try:
+            return self._challenge_and_commit(command_id, pulses)
+        except PumpRefused as refusal:
+            if refusal.code is not RefusalCode.CHALLENGE_INVALID:
+                raise
+        return self._challenge_and_commit(command_id, pulses)
+
+    def _challenge_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
+        response = self.request(BolusPrepare, command_id, pulses)
+        if isinstance(response, BolusChallenge):  # a known id answers with its outcome instead
+            response = self.request(BolusCommit, command_id, pulses, response.challenge)
+        if not isinstance(response, CommandOutcome):
             raise LinkDown("unexpected response to a bolus")
-        raise LinkDown("unreachable: the loop returns or raises")  # pragma: no cover
+        return response
 
     def _follow(
         self, command_id: bytes, outcome: CommandOutcome, progress: ProgressCallback | None
