@@ -50,7 +50,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.firmware import BOLUS_PULSES, PumpParty
 from bench.report import SIZES
-from protocol import (
+from pumpguard.protocol import (
     BolusChallenge,
     BolusCommit,
     BolusPrepare,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.parties import Pairing
-from protocol import (
+from pumpguard.protocol import (
     HandshakeInitiator,
     HandshakeResponder,
     SecureSession,

@@ -19,7 +19,12 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.parties import Pairing
-from protocol import PairingInitiator, PairingResponder, PairingResult, x25519_public_bytes
+from pumpguard.protocol import (
+    PairingInitiator,
+    PairingResponder,
+    PairingResult,
+    x25519_public_bytes,
+)
 
 pytestmark = pytest.mark.benchmark(min_time=100e-6)
 

@@ -37,11 +37,11 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.report import ROOT
-from host.client import RemoteClient
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.transport import RecordChannel, SerialLink, create_vnull
-from protocol import Status
+from pumpguard.host.client import RemoteClient
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.transport import RecordChannel, SerialLink, create_vnull
+from pumpguard.protocol import Status
 
 #: ``pumpsim`` as its console script runs it, with this interpreter.
 PUMPSIM = "import sys; from firmware_sim.cli import main; sys.exit(main())"

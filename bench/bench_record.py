@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.report import SIZES
-from protocol import (
+from pumpguard.protocol import (
     AuthenticationFailed,
     RemoteProtocolError,
     ReplayRefused,

@@ -18,7 +18,7 @@ import pytest
 
 from bench import wire as wire_sizes
 from bench.conftest import SummaryTable
-from protocol import MessageType, decode_message, encode_message, wire
+from pumpguard.protocol import MessageType, decode_message, encode_message, wire
 
 
 def test_every_message_type_is_tabled() -> None:

@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from bench.parties import make_pairing, make_sessions
-from protocol import AuthenticationFailed, ReplayRefused, wire
+from pumpguard.protocol import AuthenticationFailed, ReplayRefused, wire
 
 PAYLOAD: Final = bytes(range(16))
 _HEADER: Final = struct.Struct(">BI")

@@ -22,7 +22,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bench.firmware import PumpParty
 from bench.parties import Pairing, make_pairing, make_sessions
 from bench.report import Timing, bytes_table, ratio_table
-from protocol import SecureSession
+from pumpguard.protocol import SecureSession
 
 
 @dataclass

@@ -27,8 +27,8 @@ import sys
 import tty
 from collections.abc import Callable
 
-from firmware_sim.runner import TICK_INTERVAL_S
-from firmware_sim.uart import Uart, UartError
+from pumpguard.firmware_sim.runner import TICK_INTERVAL_S
+from pumpguard.firmware_sim.uart import Uart, UartError
 
 
 def _serve(

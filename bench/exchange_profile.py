@@ -39,13 +39,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import firmware_sim.audit
-import firmware_sim.pump
+import pumpguard.firmware_sim.audit
+import pumpguard.firmware_sim.pump
 from bench import firmware as bench_firmware
 from bench.firmware import PumpParty
-from firmware_sim.pump import Pump
-from firmware_sim.state import encode_state
-from protocol import (
+from pumpguard.firmware_sim.pump import Pump
+from pumpguard.firmware_sim.state import encode_state
+from pumpguard.protocol import (
     FrameDecoder,
     SecureSession,
     audit_entry,
@@ -124,13 +124,13 @@ def _instrumented(party: PumpParty, tracker: _Tracker) -> Iterator[None]:
         (SecureSession, "open", wrap(records, SecureSession.open)),
         (FrameDecoder, "next_record", wrap(framing, FrameDecoder.next_record)),
         (bench_firmware, "encode_frame", wrap(framing, encode_frame)),
-        (firmware_sim.pump, "encode_frame", wrap(framing, encode_frame)),
+        (pumpguard.firmware_sim.pump, "encode_frame", wrap(framing, encode_frame)),
         (bench_firmware, "encode_message", wrap(messages, encode_message)),
         (bench_firmware, "decode_message", wrap(messages, decode_message)),
-        (firmware_sim.pump, "encode_message", wrap(messages, encode_message)),
-        (firmware_sim.pump, "decode_message", wrap(messages, decode_message)),
+        (pumpguard.firmware_sim.pump, "encode_message", wrap(messages, encode_message)),
+        (pumpguard.firmware_sim.pump, "decode_message", wrap(messages, decode_message)),
         (
-            firmware_sim.pump,
+            pumpguard.firmware_sim.pump,
             "encode_state",
             wrap("state: CBOR of the persistent state (64 outcomes)", encode_state),
         ),
@@ -153,7 +153,7 @@ def _instrumented(party: PumpParty, tracker: _Tracker) -> Iterator[None]:
             wrap("delivery snapshot: build + CBOR", pump._persist_delivery),
         ),
         (
-            firmware_sim.audit,
+            pumpguard.firmware_sim.audit,
             "encode_entry",
             wrap(
                 "audit entry: CBOR (twice: bound check, then the entry)",

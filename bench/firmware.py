@@ -21,12 +21,12 @@ import itertools
 import random
 from pathlib import Path
 
-from firmware_sim import config
-from firmware_sim.flash import Flash
-from firmware_sim.motor import Motor
-from firmware_sim.panel import Button
-from firmware_sim.pump import Pump
-from protocol import (
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import Flash
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import Pump
+from pumpguard.protocol import (
     BolusChallenge,
     BolusCommit,
     BolusPrepare,

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from bench.firmware import PumpParty
-from protocol import encode_frame, wire
+from pumpguard.protocol import encode_frame, wire
 
 WARM_UP_FRAMES: Final = 10_000
 TRACED_FRAMES: Final = 20_000

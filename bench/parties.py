@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol import (
+from pumpguard.protocol import (
     HandshakeInitiator,
     HandshakeResponder,
     PairedPeer,

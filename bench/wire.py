@@ -27,7 +27,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.parties import make_pairing, make_sessions
-from protocol import (
+from pumpguard.protocol import (
     BolusCancel,
     BolusChallenge,
     BolusCommit,

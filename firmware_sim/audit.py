@@ -108,7 +108,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from protocol.audit_entry import (
+from pumpguard.protocol.audit_entry import (
     GENESIS_HASH,
     MAX_ENTRY_LEN,
     MAX_SEQ,

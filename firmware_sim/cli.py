@@ -28,7 +28,7 @@ from typing import NoReturn, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from protocol import describe_record
+from pumpguard.protocol import describe_record
 
 from . import offline
 from .legacy import LegacyPump

@@ -103,7 +103,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from protocol import wire
+from pumpguard.protocol import wire
 
 from . import config
 from .motor import Motor

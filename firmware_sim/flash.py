@@ -51,7 +51,7 @@ then replays it cutting power at each ``k`` in ``1 .. operations``.
 >>> flash.program(0, b"\\xf0")
 Traceback (most recent call last):
 ...
-firmware_sim.flash.FlashError: program at 0 needs a 0 -> 1 bit change (erase first)
+pumpguard.firmware_sim.flash.FlashError: program at 0 needs a 0 -> 1 bit change (erase first)
 >>> flash.erase(0)
 >>> flash.read(0, 2)
 b'\\xff\\xff'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from protocol import FrameDecoder, RemoteProtocolError, encode_frame, legacy, wire
+from pumpguard.protocol import FrameDecoder, RemoteProtocolError, encode_frame, legacy, wire
 
 from .delivery import DeliveryEngine, DeliveryRefused
 from .motor import Motor

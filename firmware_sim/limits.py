@@ -80,7 +80,7 @@ every bolus for 24 hours rather than start from an empty, permissive ledger
 >>> ledger.check(101, now=401.0)
 Traceback (most recent call last):
     ...
-firmware_sim.limits.LimitExceeded: 1h limit: at most 100 pulses now
+pumpguard.firmware_sim.limits.LimitExceeded: 1h limit: at most 100 pulses now
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from protocol import LimitPolicy, PolicyInvalid, wire
+from pumpguard.protocol import LimitPolicy, PolicyInvalid, wire
 
 from . import config
 

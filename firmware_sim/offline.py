@@ -15,8 +15,8 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import legacy, pulses_to_float_units, wire
-from protocol.audit_entry import AuditEntry
+from pumpguard.protocol import legacy, pulses_to_float_units, wire
+from pumpguard.protocol.audit_entry import AuditEntry
 
 from . import config
 from .audit import AuditLog, AuditVerificationError, verify_entries

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import (
+from pumpguard.protocol import (
     AuthenticationFailed,
     BolusCancel,
     BolusChallenge,

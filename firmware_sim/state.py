@@ -36,7 +36,7 @@ from typing import Final
 
 import cbor2
 
-from protocol import LimitPolicy, Outcome, wire
+from pumpguard.protocol import LimitPolicy, Outcome, wire
 
 FORMAT: Final = 1
 #: Outcomes kept for retries: the host's whole retry horizon (S7).

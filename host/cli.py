@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protocol import (
+from pumpguard.protocol import (
     FramingError,
     LimitPolicy,
     PolicyInvalid,

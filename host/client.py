@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import (
+from pumpguard.protocol import (
     AuthenticationFailed,
     BolusCancel,
     BolusChallenge,

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from firmware_sim import config
-from firmware_sim.flash import Flash
-from firmware_sim.legacy import LegacyPump
-from firmware_sim.motor import Motor
-from firmware_sim.panel import Button, PanelEvent
-from firmware_sim.pump import Pump, PumpMode
-from firmware_sim.runner import Firmware, ScaledClock, running_in_thread
-from protocol import legacy, pulses_to_units, units_to_pulses
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import Flash
+from pumpguard.firmware_sim.legacy import LegacyPump
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.panel import Button, PanelEvent
+from pumpguard.firmware_sim.pump import Pump, PumpMode
+from pumpguard.firmware_sim.runner import Firmware, ScaledClock, running_in_thread
+from pumpguard.protocol import legacy, pulses_to_units, units_to_pulses
 
 from .client import PumpRefused, RemoteClient
 from .journal import Journal

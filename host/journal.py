@@ -50,8 +50,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from host.keystore import atomic_write
-from protocol import wire
+from pumpguard.protocol import wire
+
+from .keystore import atomic_write
 
 __all__ = [
     "JOURNAL_FILE",

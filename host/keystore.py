@@ -41,8 +41,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol import RandomBytes, wire, x25519_private
-from protocol import pump_id as derive_pump_id
+from pumpguard.protocol import RandomBytes, wire, x25519_private
+from pumpguard.protocol import pump_id as derive_pump_id
 
 __all__ = [
     "KEY_FILE",

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from protocol import RemoteProtocolError, legacy, pulses_to_units, units_to_pulses
+from pumpguard.protocol import RemoteProtocolError, legacy, pulses_to_units, units_to_pulses
 
 from .client import ClientError, LinkDown, NotPaired
 from .keystore import KeyStore, atomic_write

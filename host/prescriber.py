@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import wire
+from pumpguard.protocol import wire
 
 from .keystore import KeyStoreError, atomic_write
 

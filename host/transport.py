@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 
 import serial
 
-from protocol import FrameDecoder, FramingError, encode_frame
+from pumpguard.protocol import FrameDecoder, FramingError, encode_frame
 
 __all__ = [
     "RECEIVE",

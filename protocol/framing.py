@@ -94,7 +94,7 @@ class FrameDecoder:
     >>> decoder.next_record()
     Traceback (most recent call last):
       ...
-    protocol.errors.FramingError: COBS code byte points past the frame
+    pumpguard.protocol.errors.FramingError: COBS code byte points past the frame
     >>> decoder.receive_data(encode_frame(b"\\x03hello"))
     >>> decoder.next_record()
     b'\\x03hello'

@@ -50,7 +50,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from protocol import (
+from pumpguard.protocol import (
     FrameDecoder,
     FramingError,
     MalformedMessage,
@@ -66,7 +66,7 @@ from protocol import (
     encode_message,
     legacy,
 )
-from protocol.wire import MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
+from pumpguard.protocol.wire import MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
 
 #: Genuine records sealed before the fuzzed one, so the window is not empty.
 _GENUINE = 3

@@ -23,7 +23,7 @@ from typing import TypeAlias
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from protocol import (
+from pumpguard.protocol import (
     FrameDecoder,
     FramingError,
     HandshakeInitiator,
@@ -36,7 +36,7 @@ from protocol import (
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.wire import COUNTER_LIMIT
+from pumpguard.protocol.wire import COUNTER_LIMIT
 
 #: Written out from SPEC §7 rather than imported, so a wrong constant in
 #: ``protocol/wire.py`` makes the two implementations disagree.

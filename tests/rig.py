@@ -19,15 +19,15 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from firmware_sim import config
-from firmware_sim.flash import Flash
-from firmware_sim.motor import Motor
-from firmware_sim.panel import Button
-from firmware_sim.pump import Pump
-from host.client import RemoteClient
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.transport import RecordChannel
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import Flash
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import Pump
+from pumpguard.host.client import RemoteClient
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.transport import RecordChannel
 
 #: The pump is ticked at least this often while the clock runs.
 TICK_S = 0.05

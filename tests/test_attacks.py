@@ -61,23 +61,23 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rig import TICK_S, DirectLink, FakeClock, Rig, pair, seeded_random
 
-from firmware_sim.legacy import LegacyPump
-from firmware_sim.motor import Motor
-from firmware_sim.panel import Button
-from firmware_sim.pump import PumpMode
-from firmware_sim.runner import Firmware, ScaledClock, running_in_thread
-from host.capture import CaptureWriter, Direction, read_capture
-from host.client import (
+from pumpguard.firmware_sim.legacy import LegacyPump
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import PumpMode
+from pumpguard.firmware_sim.runner import Firmware, ScaledClock, running_in_thread
+from pumpguard.host.capture import CaptureWriter, Direction, read_capture
+from pumpguard.host.client import (
     ClientError,
     LinkDown,
     PumpRefused,
     RemoteClient,
 )
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.tap import FaultPlan, Tap, replay, run_tap
-from host.transport import MemoryLink, RecordChannel, create_vnull
-from protocol import (
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.tap import FaultPlan, Tap, replay, run_tap
+from pumpguard.host.transport import MemoryLink, RecordChannel, create_vnull
+from pumpguard.protocol import (
     BolusChallenge,
     BolusCommit,
     BolusPrepare,
@@ -1211,7 +1211,7 @@ def _python(module_main: str, *args: str, timeout: float = 60) -> subprocess.Com
 
 def _status(state: Path) -> dict[str, object]:
     """``pumpsim status --state DIR --json`` (BRIEF contract)."""
-    result = _python("firmware_sim.cli", "status", "--state", str(state), "--json")
+    result = _python("pumpguard.firmware_sim.cli", "status", "--state", str(state), "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert isinstance(status, dict)
@@ -1291,7 +1291,13 @@ def test_the_same_tools_on_real_ports_replay_succeeds_only_against_legacy(
             pair_command = ["pair"] if design == "legacy" else ["pair", "--auto-confirm"]
             for command in (pair_command, ["bolus", "1"]):
                 result = _python(
-                    "host.cli", "--port", remote_port, "--keys", str(keys), *remote_flags, *command
+                    "pumpguard.host.cli",
+                    "--port",
+                    remote_port,
+                    "--keys",
+                    str(keys),
+                    *remote_flags,
+                    *command,
                 )
                 assert result.returncode == 0, result.stderr
             time.sleep(40 / CLI_SCALE + 0.5)  # a 1 U bolus is 40 s of pump time
@@ -1316,7 +1322,7 @@ def test_the_same_tools_on_real_ports_replay_succeeds_only_against_legacy(
         return
     assert extra <= allowance < 20
     assert _status(state)["paired_remotes"] == 1
-    log = _python("firmware_sim.cli", "log", "--state", str(state), "--json")
+    log = _python("pumpguard.firmware_sim.cli", "log", "--state", str(state), "--json")
     assert log.returncode == 0, log.stderr  # the audit chain verifies
     events = [json.loads(line)["event"] for line in log.stdout.splitlines()]
     assert events.count("bolus_started") == 1

@@ -28,15 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.audit import (
+from pumpguard.firmware_sim.audit import (
     MAX_KIND_LEN,
     REJECTION_INTERVAL_MS,
     REJECTIONS_EVENT,
     AuditLog,
     retained_entries,
 )
-from firmware_sim.flash import Flash, PowerLoss
-from protocol.audit_entry import (
+from pumpguard.firmware_sim.flash import Flash, PowerLoss
+from pumpguard.protocol.audit_entry import (
     MAX_ENTRY_LEN,
     MAX_SIGNED_LEN,
     AuditEntry,

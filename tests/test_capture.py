@@ -31,9 +31,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import host.capture
-import host.tap
-from host.capture import (
+import pumpguard.host.capture
+import pumpguard.host.tap
+from pumpguard.host.capture import (
     LINKTYPE_USER0,
     MAX_CAPTURED_FRAME,
     CapturedFrame,
@@ -44,7 +44,7 @@ from host.capture import (
     read_capture,
     write_capture,
 )
-from protocol import encode_frame
+from pumpguard.protocol import encode_frame
 
 # --- an independent reader ----------------------------------------------------------
 
@@ -87,8 +87,8 @@ FRAMES = [
 
 
 def test_docstring_examples_hold() -> None:
-    assert doctest.testmod(host.capture, report=False).failed == 0
-    assert doctest.testmod(host.tap, report=False).failed == 0
+    assert doctest.testmod(pumpguard.host.capture, report=False).failed == 0
+    assert doctest.testmod(pumpguard.host.tap, report=False).failed == 0
 
 
 def test_round_trip_keeps_every_frame_direction_and_microsecond_time(tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_arbitrary_damage_gives_frames_or_a_capture_error(tail: bytes, flips: li
     buffer = io.BytesIO()
     data = bytearray(
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147)
-        + host.capture.encode_packet(FRAMES[0])
+        + pumpguard.host.capture.encode_packet(FRAMES[0])
         + tail
     )
     for flip in flips:

@@ -45,16 +45,16 @@ from test_e2e_pty import (
     pair as pair_over_pty,
 )
 
-import firmware_sim.cli
-import host.cli
-from firmware_sim import config
-from firmware_sim.motor import Motor
-from firmware_sim.offline import FLASH_FILE, MOTOR_FILE, open_state
-from firmware_sim.pump import Pump
-from host.client import RemoteClient
-from host.journal import JOURNAL_FILE, Journal
-from host.keystore import KEY_FILE, PAIRING_FILE, KeyStore
-from host.transport import RecordChannel, create_vnull
+import pumpguard.firmware_sim.cli
+import pumpguard.host.cli
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.offline import FLASH_FILE, MOTOR_FILE, open_state
+from pumpguard.firmware_sim.pump import Pump
+from pumpguard.host.client import RemoteClient
+from pumpguard.host.journal import JOURNAL_FILE, Journal
+from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE, KeyStore
+from pumpguard.host.transport import RecordChannel, create_vnull
 
 Main = Callable[[list[str]], int]
 Capture = pytest.CaptureFixture[str]
@@ -74,11 +74,11 @@ def run(main: Main, argv: list[str], capsys: Capture) -> tuple[int, str, str]:
 
 
 def pumpctl(argv: list[str], capsys: Capture) -> tuple[int, str, str]:
-    return run(host.cli.main, argv, capsys)
+    return run(pumpguard.host.cli.main, argv, capsys)
 
 
 def pumpsim(argv: list[str], capsys: Capture) -> tuple[int, str, str]:
-    return run(firmware_sim.cli.main, argv, capsys)
+    return run(pumpguard.firmware_sim.cli.main, argv, capsys)
 
 
 def paired_keys(directory: Path) -> Path:

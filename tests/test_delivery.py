@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import firmware_sim.delivery as delivery_module
-import firmware_sim.motor as motor_module
-from firmware_sim import config
-from firmware_sim.delivery import (
+import pumpguard.firmware_sim.delivery as delivery_module
+import pumpguard.firmware_sim.motor as motor_module
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.delivery import (
     TRANSITIONS,
     Alarm,
     AlarmRaised,
@@ -41,8 +41,15 @@ from firmware_sim.delivery import (
     StopReason,
     Trigger,
 )
-from firmware_sim.motor import FILE_LEN, SLOT_LEN, Motor, MotorBusy, MotorError, WitnessCorrupt
-from protocol import wire
+from pumpguard.firmware_sim.motor import (
+    FILE_LEN,
+    SLOT_LEN,
+    Motor,
+    MotorBusy,
+    MotorError,
+    WitnessCorrupt,
+)
+from pumpguard.protocol import wire
 
 REPO = Path(__file__).resolve().parent.parent
 CMD = bytes(range(16))
@@ -717,7 +724,7 @@ def test_engine_on_durable_motor_matches_witness(tmp_path: Path) -> None:
 _CHILD = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from firmware_sim.motor import Motor
+from pumpguard.firmware_sim.motor import Motor
 motor = Motor.open(sys.argv[2])
 limit = int(sys.argv[3])
 while limit < 0 or motor.pulses < limit:

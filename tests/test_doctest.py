@@ -14,7 +14,7 @@ import pkgutil
 
 import pytest
 
-import protocol
+import pumpguard.protocol as protocol
 
 MODULES = sorted(
     f"{protocol.__name__}.{info.name}" for info in pkgutil.iter_modules(protocol.__path__)
@@ -33,9 +33,9 @@ def test_module_doctests_pass(name: str) -> None:
 
 
 def test_framing_doctest_messages_exact() -> None:
-    import protocol.framing
+    import pumpguard.protocol.framing
 
-    assert doctest.testmod(protocol.framing, report=False).failed == 0
+    assert doctest.testmod(pumpguard.protocol.framing, report=False).failed == 0
 
 
 def test_doctests_exist() -> None:
@@ -44,5 +44,5 @@ def test_doctests_exist() -> None:
         name: doctest.testmod(importlib.import_module(name), report=False).attempted
         for name in MODULES
     }
-    assert attempted["protocol.framing"] > 0
+    assert attempted["pumpguard.protocol.framing"] > 0
     assert sum(attempted.values()) > 0

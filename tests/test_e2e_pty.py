@@ -50,15 +50,15 @@ from typing import IO, Any
 
 import pytest
 
-from firmware_sim import config
-from firmware_sim.flash import Flash
-from firmware_sim.offline import FLASH_FILE
-from firmware_sim.state import decode_state
-from firmware_sim.store import SnapshotStore
-from host.journal import Journal, SettledCommand
-from host.keystore import KEY_FILE, PAIRING_FILE
-from host.transport import create_vnull
-from protocol import pulses_to_units
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import Flash
+from pumpguard.firmware_sim.offline import FLASH_FILE
+from pumpguard.firmware_sim.state import decode_state
+from pumpguard.firmware_sim.store import SnapshotStore
+from pumpguard.host.journal import Journal, SettledCommand
+from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE
+from pumpguard.host.transport import create_vnull
+from pumpguard.protocol import pulses_to_units
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs ptys (POSIX)")
 
@@ -70,7 +70,7 @@ PULSES_PER_UNIT = 20
 #: How long any single step may take before the test fails instead of hanging.
 STEP_TIMEOUT_S = 30.0
 
-_MODULES = {"pumpctl": "host.cli", "pumpsim": "firmware_sim.cli"}
+_MODULES = {"pumpctl": "pumpguard.host.cli", "pumpsim": "pumpguard.firmware_sim.cli"}
 
 #: Children import this checkout, whatever is installed, and flush as they go.
 ENV = {
@@ -447,7 +447,7 @@ def test_pair_without_a_terminal_refuses_instead_of_confirming_blindly(
 #: the test knows exactly which secrets must not appear in the logs.
 SPY = """
 import os
-import protocol.session as _session
+import pumpguard.protocol.session as _session
 _spy = open(os.environ["PUMPGUARD_SPY"], "a", buffering=1)
 _init = _session.SecureSession.__init__
 _seal = _session.SecureSession.seal

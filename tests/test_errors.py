@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from protocol import errors
+from pumpguard.protocol import errors
 
 PROTOCOL_DIR = pathlib.Path(errors.__file__).parent
 ABSTRACT = {"ProtocolError", "RemoteProtocolError"}

@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from firmware_sim.counter import (
+from pumpguard.firmware_sim.counter import (
     COUNTER_SLOT_LEN,
     CounterLimitReached,
     ReservedCounter,
 )
-from firmware_sim.flash import ERASED, Flash, FlashError, PowerLoss, is_erased
-from firmware_sim.store import RECORD_OVERHEAD, SnapshotStore, StorageCorrupt
+from pumpguard.firmware_sim.flash import ERASED, Flash, FlashError, PowerLoss, is_erased
+from pumpguard.firmware_sim.store import RECORD_OVERHEAD, SnapshotStore, StorageCorrupt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -589,8 +589,8 @@ def test_a_killed_process_loses_no_acknowledged_commit(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        from firmware_sim.flash import Flash
-        from firmware_sim.store import SnapshotStore
+        from pumpguard.firmware_sim.flash import Flash
+        from pumpguard.firmware_sim.store import SnapshotStore
         flash = Flash.open_file({str(path)!r}, sector_size=128, sector_count=4)
         store = SnapshotStore(flash, 0, 3)
         store.load()

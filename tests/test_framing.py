@@ -23,9 +23,15 @@ from helpers import FRAMING_ERROR, DecoderEvent, drain, feed, tr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import FrameDecoder, FramingError, LocalProtocolError, decode_frame, encode_frame
-from protocol.framing import cobs_decode, cobs_encode, crc16
-from protocol.wire import CRC_LEN, MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
+from pumpguard.protocol import (
+    FrameDecoder,
+    FramingError,
+    LocalProtocolError,
+    decode_frame,
+    encode_frame,
+)
+from pumpguard.protocol.framing import cobs_decode, cobs_encode, crc16
+from pumpguard.protocol.wire import CRC_LEN, MAX_ENCODED_FRAME_LEN, MAX_RECORD_LEN
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -38,8 +38,8 @@ from helpers import (
     sessions_from,
 )
 
-import protocol.handshake
-from protocol import (
+import pumpguard.protocol.handshake
+from pumpguard.protocol import (
     AuthenticationFailed,
     HandshakeRefused,
     HandshakeResponder,
@@ -51,9 +51,9 @@ from protocol import (
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.primitives import sha256
-from protocol.primitives import x25519 as real_x25519
-from protocol.wire import (
+from pumpguard.protocol.primitives import sha256
+from pumpguard.protocol.primitives import x25519 as real_x25519
+from pumpguard.protocol.wire import (
     HANDSHAKE_INIT_LEN,
     HANDSHAKE_RESP_LEN,
     MAX_REMOTES,
@@ -90,7 +90,7 @@ class X25519Counter:
             self.calls += 1
             return original(private, peer_public)
 
-        monkeypatch.setattr(protocol.handshake, "x25519", counting)
+        monkeypatch.setattr(pumpguard.protocol.handshake, "x25519", counting)
 
 
 @pytest.fixture

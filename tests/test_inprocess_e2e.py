@@ -39,17 +39,17 @@ from pathlib import Path
 import pytest
 from rig import DirectLink, Rig, pair, seeded_random
 
-from firmware_sim import config
-from firmware_sim.flash import Flash
-from firmware_sim.motor import Motor
-from firmware_sim.panel import Button, PanelEvent
-from firmware_sim.pump import Pump, PumpMode
-from firmware_sim.runner import ScaledClock, run_pump
-from host.client import LinkDown, NotPaired, OutcomeUnknown, PumpRefused, RemoteClient
-from host.journal import Journal, SettledCommand
-from host.keystore import KEY_FILE, KeyStore
-from host.transport import MemoryLink, RecordChannel
-from protocol import Outcome, RefusalCode
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import Flash
+from pumpguard.firmware_sim.motor import Motor
+from pumpguard.firmware_sim.panel import Button, PanelEvent
+from pumpguard.firmware_sim.pump import Pump, PumpMode
+from pumpguard.firmware_sim.runner import ScaledClock, run_pump
+from pumpguard.host.client import LinkDown, NotPaired, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.journal import Journal, SettledCommand
+from pumpguard.host.keystore import KEY_FILE, KeyStore
+from pumpguard.host.transport import MemoryLink, RecordChannel
+from pumpguard.protocol import Outcome, RefusalCode
 
 TIME_SCALE = 50.0
 #: Short reply timeout: a lost reply is given up on in 4 x 0.25 s, twice.

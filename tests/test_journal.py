@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from host.journal import (
+from pumpguard.host.journal import (
     JOURNAL_FILE,
     MAX_PENDING,
     MAX_SETTLED_KEPT,

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from helpers import seeded_random
 
-from host.keystore import (
+from pumpguard.host.keystore import (
     KEY_FILE,
     PAIRING_FILE,
     KeyStore,
     KeyStoreError,
     atomic_write,
 )
-from protocol import pump_id, x25519_private, x25519_public_bytes
+from pumpguard.protocol import pump_id, x25519_private, x25519_public_bytes
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
 not_root = pytest.mark.skipif(

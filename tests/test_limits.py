@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import firmware_sim.limits as limits_module
-from firmware_sim import config
-from firmware_sim.limits import (
+import pumpguard.firmware_sim.limits as limits_module
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.limits import (
     BolusLedger,
     LedgerBusy,
     LedgerSnapshotInvalid,
@@ -30,7 +30,7 @@ from firmware_sim.limits import (
     PolicyRollback,
     validate_policy,
 )
-from protocol import wire
+from pumpguard.protocol import wire
 
 H = 3600.0
 DAY = 86_400.0

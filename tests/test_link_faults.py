@@ -38,15 +38,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rig import TICK_S, Rig, pair, seeded_random
 
-from firmware_sim.panel import Button
-from firmware_sim.runner import ScaledClock, running_in_thread
-from host.capture import CapturedFrame, CaptureWriter, Direction, read_capture
-from host.client import OutcomeUnknown, PumpRefused, RemoteClient
-from host.journal import Journal, SettledCommand
-from host.keystore import KeyStore
-from host.tap import FaultInjector, FaultPlan, Tap
-from host.transport import MemoryLink, RecordChannel
-from protocol import LimitPolicy, encode_policy, sign_policy
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.runner import ScaledClock, running_in_thread
+from pumpguard.host.capture import CapturedFrame, CaptureWriter, Direction, read_capture
+from pumpguard.host.client import OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.journal import Journal, SettledCommand
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.tap import FaultInjector, FaultPlan, Tap
+from pumpguard.host.transport import MemoryLink, RecordChannel
+from pumpguard.protocol import LimitPolicy, encode_policy, sign_policy
 
 BASAL_PULSES_PER_HOUR = 20
 MS_PER_HOUR = 3_600_000

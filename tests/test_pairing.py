@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from helpers import seeded_random
 from vectors_util import load_vectors
 
-from protocol import (
+from pumpguard.protocol import (
     AuthenticationFailed,
     LocalProtocolError,
     MalformedRecord,
@@ -63,7 +63,7 @@ from protocol import (
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.wire import (
+from pumpguard.protocol.wire import (
     LABEL_PAIR_COMMIT,
     LABEL_PAIR_CONFIRM,
     LABEL_PAIR_SAS,

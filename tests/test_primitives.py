@@ -23,9 +23,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from vectors_util import load_vectors
 
-from protocol.errors import AuthenticationFailed, LocalProtocolError
-from protocol.framing import crc16
-from protocol.primitives import (
+from pumpguard.protocol.errors import AuthenticationFailed, LocalProtocolError
+from pumpguard.protocol.framing import crc16
+from pumpguard.protocol.primitives import (
     aead,
     check_x25519_public,
     hkdf_sha256,
@@ -33,7 +33,7 @@ from protocol.primitives import (
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.wire import AEAD_KEY_LEN, AEAD_NONCE_LEN, HASH_LEN, TAG_LEN, X25519_KEY_LEN
+from pumpguard.protocol.wire import AEAD_KEY_LEN, AEAD_NONCE_LEN, HASH_LEN, TAG_LEN, X25519_KEY_LEN
 
 Vector = dict[str, Any]
 

@@ -37,16 +37,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rig import DirectLink, Rig, pair, seeded_random
 
-from firmware_sim import config
-from firmware_sim.audit import AuditLog
-from firmware_sim.panel import Button
-from firmware_sim.pump import PumpMode
-from firmware_sim.store import SnapshotStore
-from host.client import LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.transport import RecordChannel
-from protocol import (
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.audit import AuditLog
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import PumpMode
+from pumpguard.firmware_sim.store import SnapshotStore
+from pumpguard.host.client import LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.transport import RecordChannel
+from pumpguard.protocol import (
     BolusChallenge,
     BolusCommit,
     BolusPrepare,
@@ -63,7 +63,7 @@ from protocol import (
     sign_policy,
     wire,
 )
-from protocol.audit_entry import AuditEntry
+from pumpguard.protocol.audit_entry import AuditEntry
 
 HOUR = 3600.0
 DAY = 86_400.0

@@ -42,13 +42,13 @@ from test_pump import (
     unrecorded_pulses,
 )
 
-from firmware_sim.audit import AuditLog
-from firmware_sim.flash import PowerLoss
-from firmware_sim.panel import Button
-from firmware_sim.pump import Pump, PumpMode
-from host.client import PumpRefused, RemoteClient
-from host.keystore import KeyStore
-from protocol import (
+from pumpguard.firmware_sim.audit import AuditLog
+from pumpguard.firmware_sim.flash import PowerLoss
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import Pump, PumpMode
+from pumpguard.host.client import PumpRefused, RemoteClient
+from pumpguard.host.keystore import KeyStore
+from pumpguard.protocol import (
     BolusCommit,
     BolusPrepare,
     CommandOutcome,

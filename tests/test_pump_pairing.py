@@ -49,16 +49,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rig import DirectLink, Rig, pair, seeded_random
 from vectors_util import load_vectors
 
-from firmware_sim import config
-from firmware_sim.flash import PowerLoss
-from firmware_sim.panel import Button, PanelEvent
-from firmware_sim.pump import PumpMode
-from host import cli
-from host.client import ClientError, LinkDown, NotPaired, PumpRefused, RemoteClient
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.transport import Link, RecordChannel
-from protocol import (
+from pumpguard.firmware_sim import config
+from pumpguard.firmware_sim.flash import PowerLoss
+from pumpguard.firmware_sim.panel import Button, PanelEvent
+from pumpguard.firmware_sim.pump import PumpMode
+from pumpguard.host import cli
+from pumpguard.host.client import ClientError, LinkDown, NotPaired, PumpRefused, RemoteClient
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.transport import Link, RecordChannel
+from pumpguard.protocol import (
     BolusPrepare,
     FrameDecoder,
     HandshakeInitiator,

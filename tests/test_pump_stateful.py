@@ -47,14 +47,14 @@ from rig import DirectLink, Rig, pair, seeded_random
 from test_pump import Bench, fast_forward, records_in, unrecorded_pulses
 from test_pump_crash import assert_audit_holds_every_delivery, sealed_twice
 
-from firmware_sim.flash import PowerLoss
-from firmware_sim.panel import Button
-from firmware_sim.pump import PumpMode
-from host.client import BolusResult, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
-from host.journal import Journal
-from host.keystore import KeyStore
-from host.transport import RecordChannel
-from protocol import CommandOutcome, Outcome, RecordType, RefusalCode, SecureSession, wire
+from pumpguard.firmware_sim.flash import PowerLoss
+from pumpguard.firmware_sim.panel import Button
+from pumpguard.firmware_sim.pump import PumpMode
+from pumpguard.host.client import BolusResult, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.journal import Journal
+from pumpguard.host.keystore import KeyStore
+from pumpguard.host.transport import RecordChannel
+from pumpguard.protocol import CommandOutcome, Outcome, RecordType, RefusalCode, SecureSession, wire
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from protocol import (
+from pumpguard.protocol import (
     AuthenticationFailed,
     CounterExhausted,
     LocalProtocolError,
@@ -50,7 +50,7 @@ from protocol import (
     SecureSession,
     SessionKeys,
 )
-from protocol.wire import (
+from pumpguard.protocol.wire import (
     COUNTER_LIMIT,
     MAX_PLAINTEXT_LEN,
     MAX_RECORD_LEN,

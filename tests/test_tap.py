@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from host.capture import (
+from pumpguard.host.capture import (
     MAX_CAPTURED_FRAME,
     CapturedFrame,
     CaptureError,
@@ -37,9 +37,9 @@ from host.capture import (
     read_capture,
     write_capture,
 )
-from host.tap import FaultInjector, FaultPlan, Tap, TapSummary, replay, run_tap
-from host.transport import LinkError, MemoryLink, SerialLink, create_vnull
-from protocol import FramingError, decode_frame, encode_frame
+from pumpguard.host.tap import FaultInjector, FaultPlan, Tap, TapSummary, replay, run_tap
+from pumpguard.host.transport import LinkError, MemoryLink, SerialLink, create_vnull
+from pumpguard.protocol import FramingError, decode_frame, encode_frame
 
 A, B = Direction.A_TO_B, Direction.B_TO_A
 

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import host.transport
-from host.transport import (
+import pumpguard.host.transport
+from pumpguard.host.transport import (
     MEMORY_LINK_BUFFER,
     RECEIVE,
     SEND,
@@ -33,8 +33,8 @@ from host.transport import (
     SerialLink,
     create_vnull,
 )
-from protocol import LocalProtocolError, encode_frame
-from protocol.wire import MAX_RECORD_LEN
+from pumpguard.protocol import LocalProtocolError, encode_frame
+from pumpguard.protocol.wire import MAX_RECORD_LEN
 
 RECORDS = [b"\x03" + bytes(range(40)), b"\x01" + b"\x00" * 40, b"\x02\xff", bytes(MAX_RECORD_LEN)]
 
@@ -55,7 +55,7 @@ def read_exactly(link: SerialLink | MemoryLink, count: int, timeout: float = 5.0
 
 
 def test_docstring_examples_hold() -> None:
-    assert doctest.testmod(host.transport, report=False).failed == 0
+    assert doctest.testmod(pumpguard.host.transport, report=False).failed == 0
 
 
 def test_memory_link_is_full_duplex() -> None:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from vectors_util import VECTORS_DIR, load_vectors, vector_path
 
-from protocol import (
+from pumpguard.protocol import (
     FrameDecoder,
     HandshakeInitiator,
     HandshakeResponder,
@@ -49,7 +49,7 @@ from protocol import (
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.framing import cobs_encode, crc16
+from pumpguard.protocol.framing import cobs_encode, crc16
 
 Json = dict[str, Any]
 Step = Callable[[bytes], bytes]

@@ -40,7 +40,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(_ROOT))
 
-from protocol import (  # noqa: E402
+from pumpguard.protocol import (  # noqa: E402
     FrameDecoder,
     HandshakeInitiator,
     HandshakeResponder,
@@ -53,9 +53,9 @@ from protocol import (  # noqa: E402
     x25519_private,
     x25519_public_bytes,
 )
-from protocol.framing import cobs_encode, crc16  # noqa: E402
-from protocol.primitives import hkdf_sha256, sha256  # noqa: E402
-from protocol.wire import (  # noqa: E402
+from pumpguard.protocol.framing import cobs_encode, crc16  # noqa: E402
+from pumpguard.protocol.primitives import hkdf_sha256, sha256  # noqa: E402
+from pumpguard.protocol.wire import (  # noqa: E402
     AEAD_KEY_LEN,
     AEAD_NONCE_LEN,
     COUNTER_LIMIT,
