@@ -23,7 +23,6 @@ from .handshake import (
     HandshakeInitiator,
     HandshakeResponder,
     PairedPeer,
-    RandomBytes,
     paired_peer,
 )
 from .messages import (
@@ -55,6 +54,7 @@ from .pairing import (
 )
 from .policy import LimitPolicy, PolicyInvalid, encode_policy, pump_id, sign_policy, verify_policy
 from .primitives import (
+    RandomBytes,
     check_x25519_public,
     constant_time_equal,
     x25519_private,

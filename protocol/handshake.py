@@ -26,7 +26,7 @@ Key schedule, quoted step by step from SPEC §6 in the code below.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import AuthenticationFailed, HandshakeRefused, LocalProtocolError, MalformedRecord
 from .primitives import (
+    RandomBytes,
     aead,
     check_x25519_public,
     hkdf_sha256,
@@ -56,8 +57,6 @@ from .wire import (
     X25519_KEY_LEN,
     RecordType,
 )
-
-RandomBytes = Callable[[int], bytes]
 
 _ZERO_NONCE = bytes(AEAD_NONCE_LEN)
 _INIT = bytes((RecordType.HANDSHAKE_INIT,))

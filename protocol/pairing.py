@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import AuthenticationFailed, LocalProtocolError, MalformedRecord, ProtocolError
-from .handshake import RandomBytes
 from .primitives import (
+    RandomBytes,
     check_x25519_public,
     constant_time_equal,
     hkdf_sha256,
@@ -44,6 +44,7 @@ from .primitives import (
     x25519_public_bytes,
 )
 from .wire import (
+    HASH_LEN,
     LABEL_PAIR_COMMIT,
     LABEL_PAIR_CONFIRM,
     LABEL_PAIR_SAS,
@@ -121,7 +122,7 @@ def comparison_code(transcript_hash: bytes) -> str:
 def _confirm_tag(shared: bytes, transcript_hash: bytes, role: bytes) -> bytes:
     """M = HMAC-SHA256(k_c, role || h4)[:16] with
     k_c = HKDF(salt=h4, ikm=ss, info=LABEL_PAIR_CONFIRM, L=32)."""
-    key = hkdf_sha256(salt=transcript_hash, ikm=shared, info=LABEL_PAIR_CONFIRM, length=32)
+    key = hkdf_sha256(salt=transcript_hash, ikm=shared, info=LABEL_PAIR_CONFIRM, length=HASH_LEN)
     return hmac.digest(key, role + transcript_hash, "sha256")[:PAIR_CONFIRM_LEN]
 
 

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from .errors import AuthenticationFailed, LocalProtocolError
 from .wire import AEAD_KEY_LEN, HASH_LEN, TAG_LEN, X25519_KEY_LEN
+
+#: Where every random byte comes from, injected by the caller: ``os.urandom``
+#: in production, a seeded generator in tests (STYLE §1).  Called with a
+#: count, it returns that many bytes.
+RandomBytes = Callable[[int], bytes]
 
 _P25519 = 2**255 - 19
 

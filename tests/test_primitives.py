@@ -23,9 +23,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from vectors_util import load_vectors
 
+from pumpguard import protocol
 from pumpguard.protocol.errors import AuthenticationFailed, LocalProtocolError
 from pumpguard.protocol.framing import crc16
 from pumpguard.protocol.primitives import (
+    RandomBytes,
     aead,
     check_x25519_public,
     hkdf_sha256,
@@ -395,3 +397,8 @@ def test_crc16_check_value() -> None:
 
 def test_crc16_of_empty_input_is_init_xor_xorout() -> None:
     assert crc16(b"") == 0x0000  # init 0xFFFF, final XOR 0xFFFF
+
+
+def test_random_bytes_type_is_the_primitives_one_everywhere() -> None:
+    """One definition of the injected randomness source (STYLE §1), re-exported."""
+    assert protocol.RandomBytes is RandomBytes
