@@ -1,4 +1,4 @@
-"""Flash, snapshot store and reserved counter under power cuts and bit rot (S8).
+"""Flash and snapshot store under power cuts and bit rot (S8).
 
 Faults these tests stop:
 
@@ -6,8 +6,6 @@ Faults these tests stop:
   operations is cut in turn, with tears chosen from several seeds and with
   nothing / all of the operation done -- losing a committed snapshot, mixing
   two, reporting corruption that is not there, or blocking later commits;
-* a counter going back or handing out a value twice across power cuts
-  (nonce reuse), including when one of its records rots afterwards;
 * bit rot or tampering in the store making it return a payload that was
   never committed, ``None`` (factory defaults) after a commit, or silently an
   older payload when the newer one is provably lost;
@@ -29,11 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pumpguard.firmware_sim.counter import (
-    COUNTER_SLOT_LEN,
-    CounterLimitReached,
-    ReservedCounter,
-)
 from pumpguard.firmware_sim.flash import ERASED, Flash, FlashError, PowerLoss, is_erased
 from pumpguard.firmware_sim.store import RECORD_OVERHEAD, SnapshotStore, StorageCorrupt
 
@@ -619,158 +612,6 @@ def test_a_killed_process_loses_no_acknowledged_commit(tmp_path: Path) -> None:
     seq = int.from_bytes(loaded[:4], "big")
     assert seq >= acknowledged, "an acknowledged commit was lost"
     assert loaded == seq.to_bytes(4, "big") * (1 + seq % 20)
-
-
-# --- Reserved counter ----------------------------------------------------------------
-
-
-def counter_flash(seed: int = 0) -> Flash:
-    # Four slots per sector: the counter changes sector every fourth record.
-    return Flash.in_memory(sector_size=4 * COUNTER_SLOT_LEN, sector_count=3, seed=seed)
-
-
-def test_counter_counts_and_resumes_at_its_reservation_mark() -> None:
-    flash = counter_flash()
-    counter = ReservedCounter(flash, 1, block=4)
-    assert counter.peek() == 0
-    assert [counter.next() for _ in range(6)] == list(range(6))
-    assert counter.reserved == 8
-    assert counter.peek() == 6
-    rebooted = ReservedCounter(flash, 1, block=4)
-    assert rebooted.peek() == 8, "values 6 and 7 are skipped, never reused"
-    assert rebooted.next() == 8
-    assert is_erased(flash.read(0, 64)), "the counter stays in its two sectors"
-
-
-def test_counter_slot_format_is_as_documented() -> None:
-    import zlib
-
-    flash = counter_flash()
-    ReservedCounter(flash, 0, block=16).next()
-    mark = (16).to_bytes(8, "big")
-    assert flash.read(0, 17) == b"PGRC" + mark + zlib.crc32(mark).to_bytes(4, "big") + b"\xff"
-
-
-def run_counter(flash: Flash, count: int, block: int = 3) -> list[int]:
-    """Take ``count`` values (rebooting never); stop at a power cut."""
-    handed: list[int] = []
-    counter = ReservedCounter(flash, 0, block=block)
-    for _ in range(count):
-        try:
-            handed.append(counter.next())
-        except PowerLoss:
-            break
-    return handed
-
-
-@pytest.mark.parametrize(("seed", "keep"), TEARS, ids=str)
-def test_counter_power_cut_at_every_operation(seed: int, keep: float | None) -> None:
-    total = clean_operations(lambda f: run_counter(f, 60), counter_flash)
-    for k in range(1, total + 1):
-        flash = counter_flash(seed)
-        flash.cut_power_at(k, keep=keep)
-        handed = run_counter(flash, 60)
-        assert flash.operations == k
-        flash.power_on()
-        counter = ReservedCounter(flash, 0, block=3)
-        after = [counter.next() for _ in range(20)]
-        assert after[0] > max(handed, default=-1), f"cut {k}: the counter went back"
-        assert after == list(range(after[0], after[0] + 20))
-        assert after[0] <= max(handed, default=-1) + 1 + 2 * 3, "at most two blocks skipped"
-        again = ReservedCounter(flash, 0, block=3)
-        assert again.next() > after[-1]
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**16),
-    block=st.integers(1, 5),
-    cuts=st.lists(st.integers(1, 9), min_size=1, max_size=6),
-)
-def test_counter_never_repeats_across_repeated_power_cuts(
-    seed: int, block: int, cuts: list[int]
-) -> None:
-    flash = counter_flash(seed)
-    seen: list[int] = []
-    for k in cuts:
-        counter = ReservedCounter(flash, 0, block=block)
-        flash.cut_power_at(k)
-        try:
-            for _ in range(30):
-                value = counter.next()
-                assert not seen or value > seen[-1]
-                seen.append(value)
-        except PowerLoss:
-            flash.power_on()
-    assert len(set(seen)) == len(seen)
-
-
-def test_one_rotten_counter_record_never_makes_it_go_back() -> None:
-    reference = counter_flash()
-    handed = run_counter(reference, 25)
-    image = reference.read(0, 2 * 4 * COUNTER_SLOT_LEN)
-    outcomes = {"resumed": 0, "corrupt": 0}
-    for position in range(len(image)):
-        for mask in (0x01, 0xFF):
-            flash = counter_flash()
-            flash.tamper(0, image)
-            flash.tamper(position, bytes([image[position] ^ mask]))
-            try:
-                counter = ReservedCounter(flash, 0, block=3)
-            except StorageCorrupt:
-                outcomes["corrupt"] += 1
-                continue
-            assert counter.next() > handed[-1], f"byte {position} ^ {mask:#x}: went back"
-            outcomes["resumed"] += 1
-    assert outcomes["resumed"], outcomes
-
-
-def test_counter_with_only_damage_is_corrupt() -> None:
-    flash = counter_flash()
-    ReservedCounter(flash, 0, block=4).next()
-    flash.tamper(6, b"\x55")  # Inside the only mark.
-    with pytest.raises(StorageCorrupt):
-        ReservedCounter(flash, 0, block=4)
-
-
-@pytest.mark.parametrize(("k", "first"), [(1, {0}), (2, {0, 4})])
-def test_counter_torn_first_reservation(k: int, first: set[int]) -> None:
-    """Cut in the body: never committed.  Cut in the magic: either way."""
-    for seed, keep in TEARS:
-        flash = counter_flash(seed)
-        flash.cut_power_at(k, keep=keep)
-        with pytest.raises(PowerLoss):
-            ReservedCounter(flash, 0, block=4).next()
-        flash.power_on()
-        assert ReservedCounter(flash, 0, block=4).next() in first
-
-
-def test_counter_limit_and_arguments() -> None:
-    flash = counter_flash()
-    counter = ReservedCounter(flash, 0, block=2, limit=5)
-    assert [counter.next() for _ in range(5)] == [0, 1, 2, 3, 4]
-    with pytest.raises(CounterLimitReached):
-        counter.next()
-    with pytest.raises(ValueError, match="block"):
-        ReservedCounter(flash, 0, block=0)
-    with pytest.raises(ValueError, match="outside"):
-        ReservedCounter(flash, 2)
-    with pytest.raises(ValueError, match="limit"):
-        ReservedCounter(flash, 0, limit=2**64)
-    with pytest.raises(ValueError, match="multiple"):
-        ReservedCounter(Flash.in_memory(sector_size=40, sector_count=2), 0)
-
-
-def test_counter_rebuilds_itself_after_a_failed_reservation() -> None:
-    """The same object, after power returns, re-reads flash before counting."""
-    flash = counter_flash()
-    counter = ReservedCounter(flash, 0, block=2)
-    assert [counter.next() for _ in range(2)] == [0, 1]
-    flash.cut_power_at(2, keep=1.0)  # The magic of the reservation of 4: committed.
-    with pytest.raises(PowerLoss):
-        counter.next()
-    flash.power_on()
-    assert counter.next() == 4, "the completed reservation 4 is honoured, 2 and 3 skipped"
 
 
 def test_erased_constant_is_what_flash_reads_after_erase() -> None:
