@@ -20,8 +20,10 @@ encoding, ``cbor2.dumps(..., canonical=True)``) of a map with integer keys::
       5 => bstr .size 32,                ; prev_hash: SHA-256 of the previous entry's
     }                                    ;   bytes; 32 zero bytes before seq 0
 
-at most :data:`MAX_ENTRY_LEN` (136) bytes, and its signature is Ed25519 by
-the pump's audit key over ``SHA-256(entry)`` (64 bytes).  The *signed form*
+at most :data:`~pumpguard.protocol.wire.MAX_AUDIT_ENTRY_LEN` (136) bytes, and
+its signature is Ed25519 by the pump's audit key over ``SHA-256(entry)`` (64
+bytes): the format, the signing rule (:func:`sign_entry`) and verification
+(:func:`verify_entries`) are all in ``protocol/audit_entry.py``.  The *signed form*
 handed to the host and to :func:`verify_entries` is ``entry || signature``,
 at most 200 bytes: one entry fits one History message (whose ``entry`` is
 ``bstr .size (0..200)``).  Field values that are bytes (a 16-byte command id)
@@ -98,7 +100,6 @@ many entries came before it (``evicted_before``).  Removing entries from the
 from __future__ import annotations
 
 import bisect
-import hashlib
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -110,10 +111,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pumpguard.protocol.audit_entry import (
     GENESIS_HASH,
-    MAX_ENTRY_LEN,
-    MAX_SEQ,
     RESERVED_NAMES,
-    SIGNATURE_LEN,
     AuditEntry,
     AuditVerificationError,
     EntryMalformed,
@@ -124,13 +122,19 @@ from pumpguard.protocol.audit_entry import (
     check_uint,
     decode_entry,
     encode_entry,
+    sign_entry,
     verify_entries,
+)
+from pumpguard.protocol.wire import (
+    ED25519_SIGNATURE_LEN,
+    MAX_AUDIT_ENTRY_LEN,
+    MAX_AUDIT_SEQ,
+    UINT32_MAX,
 )
 
 from .flash import Flash, FlashError, StorageError, is_erased
 
 __all__ = [
-    "MAX_ENTRY_LEN",
     "REJECTIONS_EVENT",
     "AuditEntry",
     "AuditLog",
@@ -145,8 +149,8 @@ _LENGTH: Final = struct.Struct(">H")
 LENGTH_LEN: Final = _LENGTH.size
 CRC_LEN: Final = 4
 #: Bytes a frame adds to its entry.
-FRAME_OVERHEAD: Final = LENGTH_LEN + SIGNATURE_LEN + CRC_LEN
-MAX_FRAME_LEN: Final = MAX_ENTRY_LEN + FRAME_OVERHEAD
+FRAME_OVERHEAD: Final = LENGTH_LEN + ED25519_SIGNATURE_LEN + CRC_LEN
+MAX_FRAME_LEN: Final = MAX_AUDIT_ENTRY_LEN + FRAME_OVERHEAD
 _NO_FRAME: Final = 0xFFFF
 
 # --- Rejection aggregation ----------------------------------------------------
@@ -158,11 +162,11 @@ REJECTION_INTERVAL_MS: Final = 60_000
 MAX_REJECTION_INTERVAL_MS: Final = 1 << 31
 #: Distinct kinds counted by name; further kinds are counted as "other".
 #: With kind names of at most 12 characters the fullest "rejections" entry
-#: is 131 bytes, within :data:`MAX_ENTRY_LEN`.
+#: is 131 bytes, within :data:`~pumpguard.protocol.wire.MAX_AUDIT_ENTRY_LEN`.
 MAX_REJECTION_KINDS: Final = 3
 MAX_KIND_LEN: Final = 12
 OTHER_KIND: Final = "other"
-_COUNT_LIMIT: Final = 0xFFFF_FFFF
+_COUNT_LIMIT: Final = UINT32_MAX
 
 
 def _frame(entry: bytes, signature: bytes) -> bytes:
@@ -177,7 +181,8 @@ def _entry_in_frame(frame: bytes) -> AuditEntry | None:
         return None
     try:
         return decode_entry(
-            frame[LENGTH_LEN : body_end - SIGNATURE_LEN], frame[-SIGNATURE_LEN - CRC_LEN : body_end]
+            frame[LENGTH_LEN : body_end - ED25519_SIGNATURE_LEN],
+            frame[-ED25519_SIGNATURE_LEN - CRC_LEN : body_end],
         )
     except EntryMalformed:
         # A frame with a good crc that holds no entry: damage, skipped like a bad crc.
@@ -294,9 +299,9 @@ class AuditLog:
             check_uint(now_ms, "now_ms")
         except EntryMalformed as exc:
             raise ValueError(str(exc)) from None
-        worst = encode_entry(MAX_SEQ, now_ms, event, checked, GENESIS_HASH)
-        if len(worst) > MAX_ENTRY_LEN:
-            raise ValueError(f"entry of {len(worst)} bytes exceeds {MAX_ENTRY_LEN}")
+        worst = encode_entry(MAX_AUDIT_SEQ, now_ms, event, checked, GENESIS_HASH)
+        if len(worst) > MAX_AUDIT_ENTRY_LEN:
+            raise ValueError(f"entry of {len(worst)} bytes exceeds {MAX_AUDIT_ENTRY_LEN}")
         if self._pending:
             self._write_rejections(now_ms)
         seq = self._write(event, checked, now_ms)
@@ -390,7 +395,7 @@ class AuditLog:
             self._append_at = scan.append_at
         else:
             first = 0 if self._next_seq_source is None else self._next_seq_source()
-            self._next_seq = check_uint(first, "first seq", MAX_SEQ)
+            self._next_seq = check_uint(first, "first seq", MAX_AUDIT_SEQ)
             self._tail_hash = GENESIS_HASH
             self._current = None
             self._append_at = None
@@ -406,11 +411,10 @@ class AuditLog:
     def _write(self, event: str, fields: Mapping[str, FieldValue], now_ms: int) -> int:
         self._ensure_loaded()
         seq = self._next_seq
-        if seq > MAX_SEQ:
+        if seq > MAX_AUDIT_SEQ:
             raise StorageError("audit sequence number exhausted")
-        entry = encode_entry(seq, now_ms, event, fields, self._tail_hash)
-        signature = self._key.sign(hashlib.sha256(entry).digest())
-        frame = _frame(entry, signature)
+        entry = sign_entry(seq, now_ms, event, fields, self._tail_hash, signing_key=self._key)
+        frame = _frame(entry.raw, entry.signature)
         self._loaded = False  # Until the frame is known to be complete.
         if (
             self._current is not None
@@ -430,7 +434,7 @@ class AuditLog:
             raise FlashError(f"audit frame at {address} read back wrong")
         self._index.append((seq, sector, offset))
         self._next_seq = seq + 1
-        self._tail_hash = hashlib.sha256(entry).digest()
+        self._tail_hash = entry.digest
         self._current = sector
         self._append_at = offset + len(frame)
         self._loaded = True
@@ -439,7 +443,7 @@ class AuditLog:
     def _read_entry(self, sector: int, offset: int) -> AuditEntry | None:
         address = (self._first + sector) * self._size + offset
         (length,) = _LENGTH.unpack(self._flash.read(address, LENGTH_LEN))
-        if not 1 <= length <= MAX_ENTRY_LEN or offset + length + FRAME_OVERHEAD > self._size:
+        if not 1 <= length <= MAX_AUDIT_ENTRY_LEN or offset + length + FRAME_OVERHEAD > self._size:
             return None
         return _entry_in_frame(self._flash.read(address, length + FRAME_OVERHEAD))
 
@@ -479,8 +483,8 @@ class AuditLog:
             (length,) = _LENGTH.unpack_from(data, pos)
             if length == _NO_FRAME:
                 break
-            end = pos + LENGTH_LEN + length + SIGNATURE_LEN + CRC_LEN
-            if not 1 <= length <= MAX_ENTRY_LEN or end > self._size:
+            end = pos + length + FRAME_OVERHEAD
+            if not 1 <= length <= MAX_AUDIT_ENTRY_LEN or end > self._size:
                 break
             entry = _entry_in_frame(data[pos:end])
             if entry is not None:

@@ -119,15 +119,18 @@ def decode_state(data: bytes) -> PersistentState:
             raise StateInvalid("unknown state format")
         (_, static, audit_key, remotes, enabled, prescriber, policy, outcomes, ledger,
          failures, boots) = items  # fmt: skip
-        _need(_is_bytes(static, 32) and _is_bytes(audit_key, 32), "keys")
+        _need(
+            _is_bytes(static, wire.X25519_KEY_LEN) and _is_bytes(audit_key, wire.ED25519_SEED_LEN),
+            "keys",
+        )
         _need(
             isinstance(remotes, list)
             and len(remotes) <= wire.MAX_REMOTES
-            and all(_is_bytes(r, 32) for r in remotes),
+            and all(_is_bytes(r, wire.X25519_KEY_LEN) for r in remotes),
             "remotes",
         )
         _need(type(enabled) is bool, "remote-bolus flag")
-        _need(prescriber is None or _is_bytes(prescriber, 32), "prescriber")
+        _need(prescriber is None or _is_bytes(prescriber, wire.ED25519_PUBLIC_LEN), "prescriber")
         _need(isinstance(policy, list) and len(policy) == 4 and all(_is_uint(v) for v in policy),
               "policy")  # fmt: skip
         limit_policy = LimitPolicy(*policy)
@@ -180,4 +183,4 @@ def _is_bytes(value: object, length: int) -> bool:
 
 
 def _is_uint(value: object) -> bool:
-    return type(value) is int and 0 <= value <= 0xFFFF_FFFF_FFFF_FFFF
+    return type(value) is int and 0 <= value <= wire.UINT64_MAX

@@ -1,9 +1,11 @@
-"""Audit-log entries: their byte form and their verification (SPEC §13.4).
+"""Audit-log entries: their byte form, their signing and their verification (SPEC §13.4).
 
 An entry crosses the wire (one per History response, SPEC §12.2), so its
 format lives in the protocol; the pump's flash ring that stores entries is
-``firmware_sim/audit.py``.  :func:`verify_entries` needs only the pump's
-audit public key, which the remote learns from a Status response.
+``firmware_sim/audit.py``, which builds and signs each entry with
+:func:`sign_entry`.  :func:`verify_entries` checks them with the same
+:func:`entry_digest` and needs only the pump's audit public key, which the
+remote learns from a Status response.  Keys and bounds are in ``wire.py``.
 
 Entry: the deterministic CBOR (RFC 8949 §4.2) of::
 
@@ -15,71 +17,77 @@ Entry: the deterministic CBOR (RFC 8949 §4.2) of::
       5 => bstr .size 32,                ; prev_hash: SHA-256 of the previous entry's
     }                                    ;   bytes; 32 zero bytes before seq 0
 
-at most :data:`MAX_ENTRY_LEN` (136) bytes, signed by the pump's Ed25519 audit
-key over ``SHA-256(entry)``.  The *signed form* is ``entry || signature``, at
-most 200 bytes.
+at most :data:`~wire.MAX_AUDIT_ENTRY_LEN` (136) bytes, signed by the pump's
+Ed25519 audit key over ``SHA-256(entry)`` (:func:`entry_digest`).  The *signed
+form* is ``entry || signature``, at most :data:`~wire.MAX_AUDIT_SIGNED_LEN`
+(200) bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import AuditVerificationError, EntryMalformed, LocalProtocolError
+from .primitives import sha256
+from .timebase import seconds_from_ms
 from .units import pulses_to_float_units
-from .wire import MAX_AUDIT_SIGNED_LEN
+from .wire import (
+    AUDIT_KEY_EVENT,
+    AUDIT_KEY_FIELDS,
+    AUDIT_KEY_PREV_HASH,
+    AUDIT_KEY_SEQ,
+    AUDIT_KEY_UPTIME_MS,
+    ED25519_PUBLIC_LEN,
+    ED25519_SIGNATURE_LEN,
+    HASH_LEN,
+    MAX_AUDIT_ENTRY_LEN,
+    MAX_AUDIT_FIELDS,
+    MAX_AUDIT_NAME_LEN,
+    MAX_AUDIT_SEQ,
+    MAX_AUDIT_VALUE_LEN,
+    UINT64_MAX,
+)
+
+__all__ = [
+    "GENESIS_HASH",
+    "RESERVED_NAMES",
+    "AuditEntry",
+    "AuditVerificationError",
+    "EntryMalformed",
+    "FieldValue",
+    "JsonValue",
+    "VerifiedLog",
+    "check_fields",
+    "check_name",
+    "check_uint",
+    "check_value",
+    "decode_entry",
+    "encode_entry",
+    "entry_digest",
+    "sign_entry",
+    "verify_entries",
+]
 
 FieldValue: TypeAlias = int | str | bytes | bool
 JsonValue: TypeAlias = int | float | str | bool
 
-# --- Format constants ---------------------------------------------------------
-
-KEY_SEQ: Final = 1
-KEY_UPTIME_MS: Final = 2
-KEY_EVENT: Final = 3
-KEY_FIELDS: Final = 4
-KEY_PREV_HASH: Final = 5
-HASH_LEN: Final = 32
-SIGNATURE_LEN: Final = 64
 #: prev_hash of seq 0.
 GENESIS_HASH: Final = bytes(HASH_LEN)
-#: Largest signed form (entry || signature): one entry fits one History message.
-MAX_SIGNED_LEN: Final = MAX_AUDIT_SIGNED_LEN
-#: Largest entry (CBOR bytes), and bounds on what goes in it.
-MAX_ENTRY_LEN: Final = MAX_SIGNED_LEN - SIGNATURE_LEN
-MAX_NAME_LEN: Final = 32
-MAX_VALUE_LEN: Final = 64
-MAX_FIELDS: Final = 16
-MAX_SEQ: Final = 0xFFFF_FFFF
-_MAX_UINT: Final = (1 << 64) - 1
+#: The entry map's keys, exactly these.
+_ENTRY_KEYS: Final = frozenset(
+    {AUDIT_KEY_SEQ, AUDIT_KEY_UPTIME_MS, AUDIT_KEY_EVENT, AUDIT_KEY_FIELDS, AUDIT_KEY_PREV_HASH}
+)
+#: Most negative CBOR integer (major type 1 encodes ``-1 - n``, n <= UINT64_MAX).
+_MIN_CBOR_INT: Final = -1 - UINT64_MAX
 
 #: Top-level names of :meth:`AuditEntry.to_json`; a field may not use them.
 RESERVED_NAMES: Final = frozenset({"seq", "uptime_ms", "event", "prev_hash"})
-
-
-class AuditVerificationError(Exception):
-    """An audit log did not verify.
-
-    Attributes:
-        seq: the seq of the entry where verification broke (``None`` if the
-            entry could not even be decoded and no seq was expected yet).
-        index: its position in the list that was checked.
-    """
-
-    def __init__(self, message: str, *, seq: int | None, index: int) -> None:
-        where = f"seq {seq}" if seq is not None else "an undecodable entry"
-        super().__init__(f"audit log breaks at {where} (entry #{index}): {message}")
-        self.seq = seq
-        self.index = index
-
-
-class EntryMalformed(ValueError):
-    """An entry's bytes, or an entry's contents, break the format."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class AuditEntry:
     @property
     def digest(self) -> bytes:
         """SHA-256 of :attr:`raw`: the next entry's ``prev_hash``."""
-        return hashlib.sha256(self.raw).digest()
+        return entry_digest(self.raw)
 
     def to_json(self) -> dict[str, JsonValue]:
         """A flat JSON object: ``seq``, ``uptime_ms``, ``event``, ``prev_hash``
@@ -129,7 +137,8 @@ class AuditEntry:
             for name, value in shown.items()
             if name not in ("seq", "uptime_ms", "event", "prev_hash")
         )
-        return f"{self.seq:6d} {self.uptime_ms / 1000:10.1f}s {self.event} {fields}".rstrip()
+        uptime_s = seconds_from_ms(self.uptime_ms)
+        return f"{self.seq:6d} {uptime_s:10.1f}s {self.event} {fields}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -155,8 +164,8 @@ class VerifiedLog:
 
 
 def check_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LEN:
-        raise EntryMalformed(f"{what} must be text of 1..{MAX_NAME_LEN} characters")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_AUDIT_NAME_LEN:
+        raise EntryMalformed(f"{what} must be text of 1..{MAX_AUDIT_NAME_LEN} characters")
     return name
 
 
@@ -164,12 +173,12 @@ def check_value(value: object) -> FieldValue:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        if not -(1 << 64) <= value <= _MAX_UINT:
+        if not _MIN_CBOR_INT <= value <= UINT64_MAX:
             raise EntryMalformed("integer field outside CBOR's 64-bit range")
         return value
     if isinstance(value, str | bytes):
-        if len(value) > MAX_VALUE_LEN:
-            raise EntryMalformed(f"field value longer than {MAX_VALUE_LEN}")
+        if len(value) > MAX_AUDIT_VALUE_LEN:
+            raise EntryMalformed(f"field value longer than {MAX_AUDIT_VALUE_LEN}")
         return value
     raise EntryMalformed(
         f"field value of type {type(value).__name__} (int, text, bytes, bool only)"
@@ -177,8 +186,8 @@ def check_value(value: object) -> FieldValue:
 
 
 def check_fields(fields: object) -> dict[str, FieldValue]:
-    if not isinstance(fields, Mapping) or len(fields) > MAX_FIELDS:
-        raise EntryMalformed(f"fields must be a map of at most {MAX_FIELDS} entries")
+    if not isinstance(fields, Mapping) or len(fields) > MAX_AUDIT_FIELDS:
+        raise EntryMalformed(f"fields must be a map of at most {MAX_AUDIT_FIELDS} entries")
     checked: dict[str, FieldValue] = {}
     for name, value in fields.items():
         if check_name(name, "field name") in RESERVED_NAMES:
@@ -187,7 +196,7 @@ def check_fields(fields: object) -> dict[str, FieldValue]:
     return checked
 
 
-def check_uint(value: object, what: str, limit: int = _MAX_UINT) -> int:
+def check_uint(value: object, what: str, limit: int = UINT64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
         raise EntryMalformed(f"{what} must be an unsigned integer <= {limit}")
     return value
@@ -197,13 +206,40 @@ def encode_entry(
     seq: int, uptime_ms: int, event: str, fields: Mapping[str, FieldValue], prev_hash: bytes
 ) -> bytes:
     body = {
-        KEY_SEQ: seq,
-        KEY_UPTIME_MS: uptime_ms,
-        KEY_EVENT: event,
-        KEY_FIELDS: dict(fields),
-        KEY_PREV_HASH: prev_hash,
+        AUDIT_KEY_SEQ: seq,
+        AUDIT_KEY_UPTIME_MS: uptime_ms,
+        AUDIT_KEY_EVENT: event,
+        AUDIT_KEY_FIELDS: dict(fields),
+        AUDIT_KEY_PREV_HASH: prev_hash,
     }
     return bytes(cbor2.dumps(body, canonical=True))
+
+
+def entry_digest(raw: bytes) -> bytes:
+    """SHA-256 of an entry's bytes: what its signature covers, and the next
+    entry's ``prev_hash``.  Signing and verification both call this."""
+    return sha256(raw)
+
+
+def sign_entry(
+    seq: int,
+    uptime_ms: int,
+    event: str,
+    fields: Mapping[str, FieldValue],
+    prev_hash: bytes,
+    *,
+    signing_key: Ed25519PrivateKey,
+) -> AuditEntry:
+    """Build an entry and sign it: Ed25519 by the pump's audit key over
+    ``SHA-256(entry)`` (SPEC §13.4).  The pump's side of :func:`verify_entries`.
+
+    The caller checks the contents first (:func:`check_name`,
+    :func:`check_fields`, :func:`check_uint`) and the length of the result;
+    this only encodes and signs.
+    """
+    raw = encode_entry(seq, uptime_ms, event, fields, prev_hash)
+    signature = signing_key.sign(entry_digest(raw))
+    return AuditEntry(seq, uptime_ms, event, dict(fields), prev_hash, raw, signature)
 
 
 def decode_entry(raw: bytes, signature: bytes) -> AuditEntry:
@@ -212,27 +248,21 @@ def decode_entry(raw: bytes, signature: bytes) -> AuditEntry:
     Raises:
         EntryMalformed: anything else.
     """
-    if not 1 <= len(raw) <= MAX_ENTRY_LEN:
-        raise EntryMalformed(f"entry length {len(raw)} outside 1..{MAX_ENTRY_LEN}")
+    if not 1 <= len(raw) <= MAX_AUDIT_ENTRY_LEN:
+        raise EntryMalformed(f"entry length {len(raw)} outside 1..{MAX_AUDIT_ENTRY_LEN}")
     try:
         body: Any = cbor2.loads(raw)
     except Exception as exc:  # cbor2 raises several types on bad input.
         raise EntryMalformed(f"not CBOR: {type(exc).__name__}") from None
-    if not isinstance(body, dict) or set(body) != {
-        KEY_SEQ,
-        KEY_UPTIME_MS,
-        KEY_EVENT,
-        KEY_FIELDS,
-        KEY_PREV_HASH,
-    }:
+    if not isinstance(body, dict) or set(body) != _ENTRY_KEYS:
         raise EntryMalformed("not an entry map with keys 1..5")
-    seq = check_uint(body[KEY_SEQ], "seq", MAX_SEQ)
-    uptime_ms = check_uint(body[KEY_UPTIME_MS], "uptime_ms")
-    event = check_name(body[KEY_EVENT], "event")
-    fields = check_fields(body[KEY_FIELDS])
-    prev_hash = body[KEY_PREV_HASH]
+    seq = check_uint(body[AUDIT_KEY_SEQ], "seq", MAX_AUDIT_SEQ)
+    uptime_ms = check_uint(body[AUDIT_KEY_UPTIME_MS], "uptime_ms")
+    event = check_name(body[AUDIT_KEY_EVENT], "event")
+    fields = check_fields(body[AUDIT_KEY_FIELDS])
+    prev_hash = body[AUDIT_KEY_PREV_HASH]
     if not isinstance(prev_hash, bytes) or len(prev_hash) != HASH_LEN:
-        raise EntryMalformed("prev_hash must be 32 bytes")
+        raise EntryMalformed(f"prev_hash must be {HASH_LEN} bytes")
     if cbor2.dumps(body, canonical=True) != raw:
         raise EntryMalformed("entry is not deterministically encoded")
     return AuditEntry(seq, uptime_ms, event, fields, prev_hash, raw, signature)
@@ -255,24 +285,25 @@ def verify_entries(entries_raw: Sequence[bytes], public_key_bytes: bytes) -> Ver
 
     Raises:
         AuditVerificationError: at the first entry that fails, with its seq.
-        ValueError: ``public_key_bytes`` is not a 32-byte Ed25519 key.
+        LocalProtocolError: ``public_key_bytes`` is not a 32-byte Ed25519 key
+            (a caller bug: the Status decoder already checks its length).
     """
-    if len(public_key_bytes) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes")
+    if len(public_key_bytes) != ED25519_PUBLIC_LEN:
+        raise LocalProtocolError(f"an Ed25519 public key is {ED25519_PUBLIC_LEN} bytes")
     public_key = Ed25519PublicKey.from_public_bytes(public_key_bytes)
     decoded: list[AuditEntry] = []
     previous: AuditEntry | None = None
     for index, signed in enumerate(entries_raw):
         expected = None if previous is None else previous.seq + 1
-        if len(signed) <= SIGNATURE_LEN:
+        if len(signed) <= ED25519_SIGNATURE_LEN:
             raise AuditVerificationError("shorter than a signature", seq=expected, index=index)
-        raw, signature = signed[:-SIGNATURE_LEN], signed[-SIGNATURE_LEN:]
+        raw, signature = signed[:-ED25519_SIGNATURE_LEN], signed[-ED25519_SIGNATURE_LEN:]
         try:
             entry = decode_entry(raw, signature)
         except EntryMalformed as exc:
             raise AuditVerificationError(str(exc), seq=expected, index=index) from None
         try:
-            public_key.verify(signature, hashlib.sha256(raw).digest())
+            public_key.verify(signature, entry_digest(raw))
         except InvalidSignature:
             raise AuditVerificationError("bad signature", seq=entry.seq, index=index) from None
         if previous is None:

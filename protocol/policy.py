@@ -9,17 +9,20 @@ loosen or roll back the limits::
     policy    = {1: pump-id (bstr .size 8), 2: version (uint),
                  3: max-bolus-pulses, 4: max-1h-pulses, 5: max-24h-pulses}
     signature = Ed25519(prescriber, LABEL_POLICY || deterministic-CBOR(policy))
+
+The keys are ``wire.POLICY_KEY_*``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError
+from .errors import AuthenticationFailed, LocalProtocolError, PolicyInvalid
 from .primitives import sha256
 from .wire import (
     ABSOLUTE_MAX_24H_PULSES,
@@ -30,12 +33,31 @@ from .wire import (
     FACTORY_MAX_BOLUS_PULSES,
     LABEL_POLICY,
     MAX_POLICY_LEN,
+    POLICY_KEY_MAX_1H,
+    POLICY_KEY_MAX_24H,
+    POLICY_KEY_MAX_BOLUS,
+    POLICY_KEY_PUMP_ID,
+    POLICY_KEY_VERSION,
     PUMP_ID_LEN,
+    UINT32_MAX,
 )
 
+__all__ = [
+    "LimitPolicy",
+    "PolicyInvalid",
+    "encode_policy",
+    "pump_id",
+    "sign_policy",
+    "verify_policy",
+]
 
-class PolicyInvalid(RemoteProtocolError):
-    """A policy that is malformed, out of bounds, or for another pump."""
+#: The keys after the pump id, in the order of :class:`LimitPolicy`'s fields.
+_LIMIT_KEYS: Final = (
+    POLICY_KEY_VERSION,
+    POLICY_KEY_MAX_BOLUS,
+    POLICY_KEY_MAX_1H,
+    POLICY_KEY_MAX_24H,
+)
 
 
 def pump_id(pump_static_public: bytes) -> bytes:
@@ -62,7 +84,7 @@ class LimitPolicy:
             0 < self.max_bolus_pulses <= ABSOLUTE_MAX_BOLUS_PULSES
             and self.max_bolus_pulses <= self.max_1h_pulses <= self.max_24h_pulses
             and self.max_24h_pulses <= ABSOLUTE_MAX_24H_PULSES
-            and 0 <= self.version <= 0xFFFF_FFFF
+            and 0 <= self.version <= UINT32_MAX
         ):
             raise PolicyInvalid("limits out of bounds")
 
@@ -70,14 +92,14 @@ class LimitPolicy:
 def encode_policy(policy: LimitPolicy, *, for_pump: bytes) -> bytes:
     policy.check_bounds()
     if len(for_pump) != PUMP_ID_LEN:
-        raise LocalProtocolError("pump id must be 8 bytes")
+        raise LocalProtocolError(f"pump id must be {PUMP_ID_LEN} bytes")
     return cbor2.dumps(
         {
-            1: for_pump,
-            2: policy.version,
-            3: policy.max_bolus_pulses,
-            4: policy.max_1h_pulses,
-            5: policy.max_24h_pulses,
+            POLICY_KEY_PUMP_ID: for_pump,
+            POLICY_KEY_VERSION: policy.version,
+            POLICY_KEY_MAX_BOLUS: policy.max_bolus_pulses,
+            POLICY_KEY_MAX_1H: policy.max_1h_pulses,
+            POLICY_KEY_MAX_24H: policy.max_24h_pulses,
         },
         canonical=True,
     )
@@ -110,11 +132,11 @@ def verify_policy(
         body = cbor2.loads(policy_bytes)
     except Exception:  # signed by the prescriber but still undecodable
         raise PolicyInvalid("policy is not CBOR") from None
-    if not isinstance(body, dict) or set(body) != {1, 2, 3, 4, 5}:
+    if not isinstance(body, dict) or set(body) != {POLICY_KEY_PUMP_ID, *_LIMIT_KEYS}:
         raise PolicyInvalid("policy must have exactly keys 1..5")
-    if body[1] != for_pump:
+    if body[POLICY_KEY_PUMP_ID] != for_pump:
         raise PolicyInvalid("policy is for another pump")
-    values = [body[key] for key in (2, 3, 4, 5)]
+    values = [body[key] for key in _LIMIT_KEYS]
     if any(type(value) is not int for value in values):
         raise PolicyInvalid("policy limits must be integers")
     policy = LimitPolicy(*values)

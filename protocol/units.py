@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from typing import Final
 
-from .wire import PULSE_MILLIUNITS
+from .wire import PULSE_MILLIUNITS, UINT32_MAX
 
-#: Doses travel as uint32 pulses; anything above is a typo, not a dose.
-_MAX_PULSES = 0xFFFF_FFFF
+#: Milli-units per unit of insulin (an SI prefix, not the milliseconds of
+#: ``timebase``).
+_MILLIUNITS_PER_UNIT: Final = 1000
 _DOSE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
@@ -34,8 +36,9 @@ def units_to_pulses(text: str) -> int:
     units = Decimal(stripped)
     if units <= 0:
         raise ValueError(f"{text} U is not a positive dose")
-    pulses = units * 1000 / PULSE_MILLIUNITS
-    if pulses > _MAX_PULSES:
+    pulses = units * _MILLIUNITS_PER_UNIT / PULSE_MILLIUNITS
+    # Doses travel as uint32 pulses; anything above is a typo, not a dose.
+    if pulses > UINT32_MAX:
         raise ValueError(f"{text} U is far beyond any dose a pump delivers")
     if pulses != pulses.to_integral_value():
         raise ValueError(f"{text} U is not a multiple of the pump's 0.05 U pulse")
@@ -44,10 +47,10 @@ def units_to_pulses(text: str) -> int:
 
 def pulses_to_units(pulses: int) -> str:
     """Exact decimal string of ``pulses`` in units, without trailing zeros."""
-    text = str(Decimal(pulses * PULSE_MILLIUNITS) / 1000)
+    text = str(Decimal(pulses * PULSE_MILLIUNITS) / _MILLIUNITS_PER_UNIT)
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def pulses_to_float_units(pulses: int) -> float:
     """For JSON output: the nearest float, rounded to the pulse's 3 decimals."""
-    return round(pulses * PULSE_MILLIUNITS / 1000, 3)
+    return round(pulses * PULSE_MILLIUNITS / _MILLIUNITS_PER_UNIT, 3)

@@ -13,7 +13,7 @@ harness feeds arbitrary bytes to
 * :func:`protocol.legacy.decode_packet`: only
   :class:`~protocol.MalformedRecord`;
 * :func:`protocol.audit_entry.decode_entry` (SPEC §13.4): only its documented
-  :class:`~protocol.audit_entry.EntryMalformed` (a ``ValueError``);
+  :class:`~protocol.audit_entry.EntryMalformed` (a ``RemoteProtocolError``);
 * :meth:`protocol.SecureSession.open` (SPEC §7), on a session that has
   already accepted a few genuine records: only
   :class:`~protocol.RemoteProtocolError` subclasses; a refused record changes

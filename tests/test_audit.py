@@ -36,14 +36,19 @@ from pumpguard.firmware_sim.audit import (
     retained_entries,
 )
 from pumpguard.firmware_sim.flash import Flash, PowerLoss
+from pumpguard.protocol import LocalProtocolError, RemoteProtocolError
 from pumpguard.protocol.audit_entry import (
-    MAX_ENTRY_LEN,
-    MAX_SIGNED_LEN,
+    GENESIS_HASH,
     AuditEntry,
     AuditVerificationError,
+    EntryMalformed,
     FieldValue,
+    decode_entry,
+    entry_digest,
+    sign_entry,
     verify_entries,
 )
+from pumpguard.protocol.wire import MAX_AUDIT_ENTRY_LEN, MAX_AUDIT_SIGNED_LEN
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -124,7 +129,47 @@ def test_entry_and_frame_are_as_documented() -> None:
     frame = head + zlib.crc32(head).to_bytes(4, "big")
     assert flash.read(SECTOR, len(frame)) == frame, "frame at the start of the region"
     assert flash.read(SECTOR + len(frame), 2) == len(second.raw).to_bytes(2, "big")
-    assert len(first.signed) <= MAX_SIGNED_LEN
+    assert len(first.signed) <= MAX_AUDIT_SIGNED_LEN
+
+
+#: Signed forms (``entry || signature``) of the first two entries a pump with
+#: :data:`KEY` writes, pinned when the signing rule moved from
+#: ``firmware_sim/audit.py`` into ``protocol/audit_entry.py``: the same bytes
+#: must result, and Ed25519 is deterministic (RFC 8032 §5.1.6).
+GOLDEN_SIGNED = [
+    bytes.fromhex(
+        "a50100021904d2036d626f6c75735f7374617274656404a266636d645f69645000010203040506"
+        "0708090a0b0c0d0e0f6670756c736573182f0558200000000000000000000000000000000000000000"
+        "0000000000000000000000007b406ef586b1b49a088df74c7f4ffa113c8c23ae4a937d636a39d81717"
+        "3a73f522f73a96a599a457647d3c445fcd25b46d82ec1af120b5f376936929ec9be505"
+    ),
+    bytes.fromhex(
+        "a501010219162e0364626f6f7404a164626f6f74020558202ad9bd3b36e8a63a0f2e8e713fb0838e75"
+        "3bb14c9618fed2aa61ee802c3961c525cf8ed2b812415be6804e1220dd69c93140c7f9c52cad08f0dd"
+        "d30019d40b5e393c3c5ab2c00ec847e27eb1b0a670e9be380ad8f7561c219661949903efcf0c"
+    ),
+]
+GOLDEN_CONTENTS: list[tuple[str, dict[str, FieldValue], int]] = [
+    ("bolus_started", {"pulses": 47, "cmd_id": bytes(range(16))}, 1234),
+    ("boot", {"boot": 2}, 5678),
+]
+
+
+def test_signing_matches_the_golden_entries_in_both_directions() -> None:
+    """The pump's log and :func:`sign_entry` give the pinned bytes, and they verify."""
+    flash = audit_flash()
+    log = open_log(flash)
+    for event, fields, now_ms in GOLDEN_CONTENTS:
+        log.append(event, fields, now_ms=now_ms)
+    assert signed(log.entries()) == GOLDEN_SIGNED
+    prev_hash = GENESIS_HASH
+    for seq, (event, fields, now_ms) in enumerate(GOLDEN_CONTENTS):
+        entry = sign_entry(seq, now_ms, event, fields, prev_hash, signing_key=KEY)
+        assert entry.signed == GOLDEN_SIGNED[seq]
+        assert entry == decode_entry(entry.raw, entry.signature)
+        assert entry_digest(entry.raw) == hashlib.sha256(entry.raw).digest()
+        prev_hash = entry.digest
+    assert verify_entries(GOLDEN_SIGNED, public(KEY)).tail_hash == prev_hash
 
 
 def history(log: AuditLog, from_seq: int = 0) -> list[bytes]:
@@ -263,9 +308,20 @@ def test_verify_refuses_garbage_with_its_own_error_only(blobs: list[bytes]) -> N
 
 
 def test_verify_checks_the_public_key_length() -> None:
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(LocalProtocolError, match="32 bytes"):
         verify_entries([], bytes(31))
     assert verify_entries([], public(KEY)).first_seq is None
+
+
+def test_bad_entries_are_remote_protocol_errors() -> None:
+    """SPEC §10.1: the bytes are the pump's, so a host can catch one branch."""
+    with pytest.raises(RemoteProtocolError) as malformed:
+        decode_entry(b"\xa0", bytes(64))
+    assert isinstance(malformed.value, EntryMalformed)
+    with pytest.raises(RemoteProtocolError) as broken:
+        verify_entries([b"\xa0" + bytes(64)], public(KEY))
+    assert isinstance(broken.value, AuditVerificationError)
+    assert (broken.value.seq, broken.value.index) == (None, 0)
 
 
 # --- Ring and reboot -----------------------------------------------------------------
@@ -454,7 +510,7 @@ def test_rejection_kinds_are_bounded_and_the_fullest_entry_fits() -> None:
     assert log.pending_rejections["other"] == 17
     log.poll(REJECTION_INTERVAL_MS)
     fullest = log.entries()[-1]
-    assert len(fullest.raw) <= MAX_ENTRY_LEN
+    assert len(fullest.raw) <= MAX_AUDIT_ENTRY_LEN
     with pytest.raises(ValueError, match=r"1\.\.12"):
         log.note_rejection("x" * (MAX_KIND_LEN + 1), now_ms=0)
     with pytest.raises(ValueError, match="reserved"):
