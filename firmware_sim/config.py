@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from pumpguard.protocol.timebase import seconds_from_ms
+
 # --- Delivery timing (firmware_sim/delivery.py) ------------------------------
 
 #: A bolus is delivered one pulse every this many milliseconds (0.05 U per
 #: 2 s = 1.5 U/min), never faster: pulse ``j`` of a bolus started at ``t`` is
 #: due at ``t + j * BOLUS_PULSE_INTERVAL_MS``.
 BOLUS_PULSE_INTERVAL_MS: Final = 2000
-BOLUS_PULSE_INTERVAL_S: Final = BOLUS_PULSE_INTERVAL_MS / 1000
+BOLUS_PULSE_INTERVAL_S: Final = seconds_from_ms(BOLUS_PULSE_INTERVAL_MS)
 #: Most overdue bolus pulses one tick may deliver after the firmware's loop
 #: was held up (0.25 U).  If more were due, the rest of the bolus slips: it
 #: continues at the nominal interval from that tick, so a stall never turns

@@ -90,7 +90,7 @@ MIN_SECTOR_SIZE: Final = 16
 
 
 class StorageError(Exception):
-    """Base of the storage layer's errors (flash, snapshot store, counter, audit log)."""
+    """Base of the storage layer's errors (flash, snapshot store, audit log)."""
 
 
 class FlashError(StorageError):
