@@ -98,12 +98,12 @@ insulin they already have.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from pumpguard.protocol import wire
+from pumpguard.protocol.timebase import ms_floor
 
 from . import config
 from .motor import Motor
@@ -337,12 +337,6 @@ _SNAPSHOT_KEYS: Final = frozenset(
 )
 
 
-def _to_ms(now: float) -> int:
-    if not math.isfinite(now):
-        raise ValueError("now must be a finite number of seconds")
-    return math.floor(now * 1000)
-
-
 def _check_cmd_id(cmd_id: bytes) -> None:
     if not isinstance(cmd_id, bytes) or len(cmd_id) != wire.COMMAND_ID_LEN:
         raise ValueError(f"cmd_id must be {wire.COMMAND_ID_LEN} bytes")
@@ -381,7 +375,7 @@ class DeliveryEngine:
             "low_reservoir_pulses", low_reservoir_pulses, 0, config.RESERVOIR_CAPACITY_PULSES
         )
         self._motor = motor
-        self._now_ms = _to_ms(now)
+        self._now_ms = ms_floor(now)
         self._state = _S.IDLE if reservoir_pulses > 0 else _S.EMPTY
         self._reservoir = reservoir_pulses
         self._low_threshold = low_reservoir_pulses
@@ -755,7 +749,7 @@ class DeliveryEngine:
     # --- internals -------------------------------------------------------------------
 
     def _clock(self, now: float) -> int:
-        now_ms = max(_to_ms(now), self._now_ms)
+        now_ms = max(ms_floor(now), self._now_ms)
         self._now_ms = now_ms
         return now_ms
 
