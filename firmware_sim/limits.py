@@ -53,9 +53,9 @@ Why each rule never undercounts:
   the bucket counts at least as much, and for at most one bucket width
   longer.  It may refuse a bolus a little longer; it never lets one through
   that the exact ledger would refuse.
-* **Round towards counting.**  Stamps are ``ceil(now * 1000)`` and the time
-  compared against them ``floor(now * 1000)``; a ``now`` earlier than one
-  already seen is taken as the latest seen.
+* **Round towards counting.**  Stamps are rounded up (``timebase.ms_ceil``)
+  and the time compared against them down (``timebase.ms_floor``); a ``now``
+  earlier than one already seen is taken as the latest seen.
 
 Reboot: only the monotonic clock, never the wall clock
 ------------------------------------------------------
@@ -86,11 +86,11 @@ pumpguard.firmware_sim.limits.LimitExceeded: 1h limit: at most 100 pulses now
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from typing import Final
 
 from pumpguard.protocol import LimitPolicy, PolicyInvalid, wire
+from pumpguard.protocol.timebase import ms_ceil, ms_floor
 
 from . import config
 
@@ -185,12 +185,6 @@ def validate_policy(policy: LimitPolicy) -> LimitPolicy:
         raise PolicyInvalid("limits must be integers")
     policy.check_bounds()
     return policy
-
-
-def _floor_ms(now: float) -> int:
-    if not math.isfinite(now):
-        raise ValueError("now must be a finite number of seconds")
-    return math.floor(now * 1000)
 
 
 @dataclass(slots=True)
@@ -413,7 +407,7 @@ class BolusLedger:
         return [*self._buckets.values(), *self._recent]
 
     def _clock(self, now: float) -> int:
-        now_ms = _floor_ms(now)
+        now_ms = ms_floor(now)
         if self._now_ms is not None and now_ms < self._now_ms:
             now_ms = self._now_ms
         self._now_ms = now_ms
@@ -421,7 +415,7 @@ class BolusLedger:
 
     def _stamp(self, now: float) -> int:
         now_ms = self._clock(now)
-        return max(now_ms, math.ceil(now * 1000))
+        return max(now_ms, ms_ceil(now))
 
     def _prune(self, now_ms: int) -> None:
         """Drop what counts in no window any more (older than 24 h)."""
