@@ -202,3 +202,6 @@ LABEL_POLICY: Final = b"pumpguard/1 limits policy"
 #: Largest signed audit entry (entry || Ed25519 signature): one per History
 #: response (SPEC §12.2, §13.4).
 MAX_AUDIT_SIGNED_LEN: Final = 200
+#: An Ed25519 private key is kept as its 32-byte seed (RFC 8032 §5.1.5): the
+#: pump's audit signing key in its persistent state.
+ED25519_SEED_LEN: Final = 32
