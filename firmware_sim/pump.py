@@ -380,8 +380,7 @@ class Pump:
         (module docstring), then the alert.  The caller replies."""
         record = OutcomeRecord(command_id, pulses, Outcome.IN_PROGRESS, 0)
         self._ledger.commit(command_id, pulses, now)
-        self._state = replace(self._state.with_outcome(record), ledger=self._ledger.snapshot(now))
-        self._commit_state()
+        self._commit_outcome(record, now)
         self._audit.append("bolus_started", {"pulses": pulses, "cmd_id": command_id}, ms_floor(now))
         try:
             self._delivery.start_bolus(command_id, pulses, now)
@@ -413,8 +412,7 @@ class Pump:
             # After a reboot the reservation is gone: the restored ledger then
             # counts all requested pulses, which never undercounts.
             self._ledger.settle(ended.cmd_id, ended.delivered, now)
-        self._state = replace(self._state.with_outcome(record), ledger=self._ledger.snapshot(now))
-        self._commit_state()
+        self._commit_outcome(record, now)
         self._audit_bolus_end(record, now, check_recent=False)
         self._persist_delivery()
         self.panel.show(
@@ -471,6 +469,11 @@ class Pump:
 
     def _commit_state(self) -> None:
         self._main_store.commit(encode_state(self._state))
+
+    def _commit_outcome(self, record: OutcomeRecord, now: float) -> None:
+        """A bolus's outcome and the ledger, in one main-store commit."""
+        self._state = replace(self._state.with_outcome(record), ledger=self._ledger.snapshot(now))
+        self._commit_state()
 
     def _persist_delivery(self) -> None:
         if self._safe_state:
