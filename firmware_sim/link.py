@@ -21,9 +21,10 @@ Each record is looked at according to its type:
   (SPEC §6.5), and the new session stays pending until its first DATA record.
 * ``PAIR_*`` are handed to the pump (its pairing mode decides, SPEC §9.5).
 
-Everything else is dropped without a reply (SPEC §10.2, S12).  Until
-:meth:`Link.trust` is called -- in the safe state, where no key is trusted
-(S8) -- every record is dropped unseen.
+Everything else is dropped without a reply (SPEC §10.2, S12).  While no key
+is trusted -- before :meth:`Link.trust`, or after :meth:`Link.distrust` in the
+safe state (S8) -- every record is dropped unseen; a frame that does not
+decode is still reported.
 
 What the pump learns, besides commands, comes as events through the
 ``on_event`` callback, synchronously, while the record is being handled:
