@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pumpguard.firmware_sim.audit
+import pumpguard.firmware_sim.link
 import pumpguard.firmware_sim.pump
 from bench import firmware as bench_firmware
 from bench.firmware import PumpParty
@@ -124,11 +125,11 @@ def _instrumented(party: PumpParty, tracker: _Tracker) -> Iterator[None]:
         (SecureSession, "open", wrap(records, SecureSession.open)),
         (FrameDecoder, "next_record", wrap(framing, FrameDecoder.next_record)),
         (bench_firmware, "encode_frame", wrap(framing, encode_frame)),
-        (pumpguard.firmware_sim.pump, "encode_frame", wrap(framing, encode_frame)),
+        (pumpguard.firmware_sim.link, "encode_frame", wrap(framing, encode_frame)),
         (bench_firmware, "encode_message", wrap(messages, encode_message)),
         (bench_firmware, "decode_message", wrap(messages, decode_message)),
-        (pumpguard.firmware_sim.pump, "encode_message", wrap(messages, encode_message)),
-        (pumpguard.firmware_sim.pump, "decode_message", wrap(messages, decode_message)),
+        (pumpguard.firmware_sim.link, "encode_message", wrap(messages, encode_message)),
+        (pumpguard.firmware_sim.link, "decode_message", wrap(messages, decode_message)),
         (
             pumpguard.firmware_sim.pump,
             "encode_state",

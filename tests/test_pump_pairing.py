@@ -309,6 +309,38 @@ def test_an_attempt_that_outlives_pairing_mode_pairs_nothing(tmp_path: Path) -> 
     assert hand.state is PairingState.AWAIT_PUMP_CONFIRM
 
 
+def test_reopening_pairing_mode_forgets_the_confirmation_of_the_abandoned_attempt(
+    tmp_path: Path,
+) -> None:
+    """Regression: the user confirmed a code, then chose Pair again before the remote's
+    confirmation came.  The pump kept "the user confirmed" across the fresh attempt, so an
+    attacker who ran the new attempt was paired as soon as its own PAIR_REMOTE_CONFIRM
+    arrived -- its code never compared by anyone (S4).  The old code also stayed on the
+    display.  Now a fresh attempt starts with nothing confirmed and nothing shown."""
+    rig = Rig()
+    rig.user.opens_pairing = False
+    rig.press(Button.PAIR)
+    alice = remote(rig, tmp_path / "alice", "alice")
+    hand = PairingInitiator(alice.key(), seeded_random("alice/hand"))
+    nonce = hand.receive_commit(hand_request(rig, hand))
+    hand.receive_pump_nonce(of_type(send(rig, nonce), RecordType.PAIR_PUMP_NONCE)[0])
+    rig.press(Button.CONFIRM_CODE)  # the user compared alice's code and confirmed it
+    rig.press(Button.PAIR)  # ... and then started over
+    assert mode(rig) is PumpMode.PAIRING
+    assert rig.pump.panel.code_shown is None, "no code from the abandoned attempt"
+    rng = seeded_random("mallory")
+    mallory = PairingInitiator(x25519_private(rng(32)), rng)
+    nonce = mallory.receive_commit(hand_request(rig, mallory))
+    code = mallory.receive_pump_nonce(of_type(send(rig, nonce), RecordType.PAIR_PUMP_NONCE)[0])
+    assert rig.pump.panel.code_shown == code
+    assert send(rig, mallory.confirm()) == [], "no PAIR_PUMP_CONFIRM: nobody confirmed this code"
+    assert rig.pump.persistent.remotes == ()
+    assert mode(rig) is PumpMode.PAIRING
+    rig.press(Button.REJECT_CODE)  # the user sees a code no remote of theirs shows
+    assert rig.pump.persistent.remotes == ()
+    assert mode(rig) is PumpMode.RUNNING
+
+
 # --- Lockout ------------------------------------------------------------------
 
 
