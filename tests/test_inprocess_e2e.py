@@ -45,11 +45,18 @@ from pumpguard.firmware_sim.motor import Motor
 from pumpguard.firmware_sim.panel import Button, PanelEvent
 from pumpguard.firmware_sim.pump import Pump, PumpMode
 from pumpguard.firmware_sim.runner import ScaledClock, run_pump
-from pumpguard.host.client import LinkDown, NotPaired, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.client import (
+    UNASSIGNED_ID,
+    LinkDown,
+    NotPaired,
+    OutcomeUnknown,
+    PumpRefused,
+    RemoteClient,
+)
 from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KEY_FILE, KeyStore
 from pumpguard.host.transport import MemoryLink, RecordChannel
-from pumpguard.protocol import Outcome, RefusalCode
+from pumpguard.protocol import Outcome, RefusalCode, Status, StatusRequest, wire
 
 TIME_SCALE = 50.0
 #: Short reply timeout: a lost reply is given up on in 4 x 0.25 s, twice.
@@ -313,6 +320,23 @@ def paired_rig(tmp_path: Path) -> tuple[Rig, Path]:
         pair(rig, client)
     rig.press(Button.REMOTE_BOLUS_ON)
     return rig, keys
+
+
+def test_request_numbers_the_messages_it_is_given(paired_rig: tuple[Rig, Path]) -> None:
+    """A request is built with UNASSIGNED_ID and sent under the client's next id (SPEC
+    §12.1); a message numbered by its caller is a caller bug and is not sent."""
+    rig, keys = paired_rig
+    with Journal.open(keys) as journal:
+        client, _ = rig_client(rig, keys, journal)
+        first = client.request(StatusRequest(UNASSIGNED_ID))
+        second = client.request(StatusRequest(UNASSIGNED_ID))
+        assert isinstance(first, Status)
+        assert isinstance(second, Status)
+        assert second.request_id == (first.request_id + 1) % (wire.MAX_REQUEST_ID + 1)
+        sent = len(rig.from_remote)
+        with pytest.raises(ValueError, match="UNASSIGNED_ID"):
+            client.request(StatusRequest(7))
+        assert len(rig.from_remote) == sent
 
 
 @pytest.mark.parametrize("lost", ["before the challenge", "after the commit"])
