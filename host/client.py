@@ -66,7 +66,7 @@ from pumpguard.protocol import (
     wire,
 )
 
-from .journal import Journal
+from .journal import Journal, SettledCommand
 from .keystore import KeyStore
 from .transport import RecordChannel
 
@@ -197,6 +197,8 @@ class BolusResult:
 
 
 ProgressCallback = Callable[[int, int], None]
+#: Called with each journaled command :meth:`RemoteClient.settle_pending` settles.
+SettledCallback = Callable[[SettledCommand], None]
 
 
 def _expect(response: Message, kind: type[_Response], what: str) -> _Response:
@@ -416,12 +418,15 @@ class RemoteClient:
         self._journal.record_pending(command_id, pulses)
         try:
             first = self._prepare_and_commit(command_id, pulses)
-            return self._follow(command_id, first, progress)
+            final = self._follow(command_id, first, progress)
         except PumpRefused as refusal:
-            self._journal.settle(command_id, "refused", 0)
+            # Refused: the pump never committed this id, so nothing was delivered.
+            self._journal.settle(command_id, Outcome.UNKNOWN, 0)
             raise refusal from None
         except LinkDown as exc:
             raise OutcomeUnknown(command_id, str(exc)) from None
+        self._settle(command_id, final)
+        return BolusResult(command_id, final.outcome, final.requested, final.delivered)
 
     def _prepare_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
         """Challenge, then commit.  A challenge that expired in transit is
@@ -443,8 +448,9 @@ class RemoteClient:
 
     def _follow(
         self, command_id: bytes, outcome: CommandOutcome, progress: ProgressCallback | None
-    ) -> BolusResult:
-        """Poll until the bolus is over; report progress as the pump counts it."""
+    ) -> CommandOutcome:
+        """Poll until the bolus is over and return its final outcome; report
+        progress as the pump counts it."""
         while outcome.outcome is Outcome.IN_PROGRESS:
             if progress is not None:
                 progress(outcome.delivered, outcome.requested)
@@ -453,17 +459,29 @@ class RemoteClient:
             outcome = _expect(self.request(query), CommandOutcome, "a query")
         if progress is not None:
             progress(outcome.delivered, outcome.requested)
-        self._journal.settle(command_id, outcome.outcome.name.lower(), outcome.delivered)
-        return BolusResult(command_id, outcome.outcome, outcome.requested, outcome.delivered)
+        return outcome
 
-    def settle_pending(self, *, follow: bool = True) -> list[bytes]:
+    def _settle(self, command_id: bytes, final: CommandOutcome) -> SettledCommand:
+        """Journal the pump's final answer about the pending ``command_id``."""
+        # UNKNOWN: the pump never committed it (and voided any challenge for it
+        # while answering), so none of it was delivered.
+        delivered = 0 if final.outcome is Outcome.UNKNOWN else final.delivered
+        return self._journal.settle(command_id, final.outcome, delivered)
+
+    def settle_pending(
+        self, *, follow: bool = True, on_settled: SettledCallback | None = None
+    ) -> list[bytes]:
         """Ask the pump about every journaled bolus; return the ids still unknown.
+
+        The one place the journal's pending commands are settled: every
+        ``pumpctl`` start and every :meth:`bolus` run it first.
 
         A bolus the pump never committed is settled as not delivered: the
         pump voids any challenge for it while answering, so it can no
         longer start.  One still in progress is followed to its end, or,
         with ``follow=False``, left pending (and not counted as unknown) so
-        that the caller can, for example, cancel it first.
+        that the caller can, for example, cancel it first.  ``on_settled``
+        is called with each command as it is settled.
         """
         unknown = []
         for pending in self._journal.pending():
@@ -475,14 +493,13 @@ class RemoteClient:
             if not isinstance(response, CommandOutcome):
                 unknown.append(pending.command_id)
                 continue
-            if response.outcome is Outcome.UNKNOWN:
-                self._journal.settle(pending.command_id, "not_delivered", 0)
-            elif response.outcome is not Outcome.IN_PROGRESS:
-                self._journal.settle(
-                    pending.command_id, response.outcome.name.lower(), response.delivered
-                )
-            elif follow:
-                self._follow(pending.command_id, response, None)
+            if response.outcome is Outcome.IN_PROGRESS:
+                if not follow:
+                    continue
+                response = self._follow(pending.command_id, response, None)
+            settled = self._settle(pending.command_id, response)
+            if on_settled is not None:
+                on_settled(settled)
         return unknown
 
     def cancel(self) -> CommandOutcome:

@@ -226,7 +226,7 @@ def test_pair_status_bolus_history_cancel_unpair(live: LivePump, tmp_path: Path)
         assert 3 <= stopped.delivered_pulses < 100
         time.sleep(0.2)  # a pulse interval at 50x: the motor must have stopped
         assert live.bolus_pulses == 10 + stopped.delivered_pulses
-        assert [s.outcome for s in journal.settled()] == ["delivered", "cancelled"]
+        assert [s.outcome for s in journal.settled()] == [Outcome.DELIVERED, Outcome.CANCELLED]
         assert journal.pending() == []
 
         client.unpair()
@@ -286,7 +286,7 @@ def test_reply_lost_after_the_pump_started_is_unknown_then_settled_once(
         command_id,
         20,
         settled.recorded_at,
-        "delivered",
+        Outcome.DELIVERED,
         20,
         settled.settled_at,
     )
@@ -375,7 +375,7 @@ def test_direct_link_dead_link_is_unknown_then_the_real_outcome(
         started = audit_events(client, "bolus_started", command_id)
 
     expected = 0 if lost == "before the challenge" else 20
-    assert settled.outcome == ("not_delivered" if expected == 0 else "delivered")
+    assert settled.outcome is (Outcome.UNKNOWN if expected == 0 else Outcome.DELIVERED)
     assert settled.delivered == expected
     assert rig.pump.delivery.bolus_pulses_delivered == expected
     assert len(started) == expected // 20
@@ -410,7 +410,7 @@ def test_direct_link_restart_mid_bolus_follows_it_to_the_end(paired_rig: tuple[R
         client, _ = rig_client(rig, keys, journal)
         assert client.settle_pending() == []
         [settled] = [s for s in journal.settled() if s.command_id == command_id]
-    assert settled.outcome == "delivered"
+    assert settled.outcome is Outcome.DELIVERED
     assert settled.delivered == 200
     assert rig.pump.delivery.bolus_pulses_delivered == 200
     assert rig.motor.pulses == rig.ledger_pulses

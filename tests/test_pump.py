@@ -481,7 +481,11 @@ def test_a_lost_reply_is_settled_to_the_real_outcome(bench: Bench) -> None:
     link.replies_arrive = True
     assert client.settle_pending() == []
     settled = bench.journal.settled()[-1]
-    assert (settled.command_id, settled.outcome, settled.delivered) == (command_id, "delivered", 30)
+    assert (settled.command_id, settled.outcome, settled.delivered) == (
+        command_id,
+        Outcome.DELIVERED,
+        30,
+    )
     record = rig.pump.persistent.outcome(command_id)
     assert record is not None
     assert (record.outcome, record.delivered) == (Outcome.DELIVERED, 30)
@@ -498,7 +502,7 @@ def test_a_bolus_whose_prepare_never_arrived_is_settled_as_not_delivered(bench: 
     settled = bench.journal.settled()[-1]
     assert (settled.command_id, settled.outcome, settled.delivered) == (
         info.value.command_id,
-        "not_delivered",
+        Outcome.UNKNOWN,
         0,
     )
     fast_forward(rig, 60)
@@ -525,7 +529,7 @@ def test_a_restarted_host_settles_from_its_journal(tmp_path: Path) -> None:
         settled = journal.settled()[-1]
         assert (settled.command_id, settled.outcome, settled.delivered) == (
             pending.command_id,
-            "delivered",
+            Outcome.DELIVERED,
             40,
         )
         assert client.bolus(5).delivered_pulses == 5
