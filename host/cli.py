@@ -48,7 +48,7 @@ from pumpguard.protocol import (
 from . import prescriber
 from .capture import CapturedFrame, CaptureError, Direction
 from .client import ClientError, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
-from .journal import Journal, JournalError
+from .journal import Journal, JournalError, SettledCommand, outcome_word
 from .keystore import KeyStore, KeyStoreError
 from .transport import LinkError, RecordChannel, SerialLink, create_vnull
 
@@ -245,18 +245,19 @@ class _connected:
         client = RemoteClient(channel, self._keys, self._journal)
         if args.command == "pair" or self._keys.pairing() is None:
             return client
-        before = {pending.command_id for pending in self._journal.pending()}
+        settled: list[SettledCommand] = []
         # 'cancel' must not wait for a running bolus to end before stopping it,
         # and 'status' shows it as active: neither follows it to its end.
-        unknown = client.settle_pending(follow=args.command not in ("cancel", "status"))
-        for settled in self._journal.settled():
-            if settled.command_id in before:
-                print(
-                    f"pumpctl: earlier bolus {settled.command_id.hex()[:8]} settled: "
-                    f"{settled.outcome.replace('_', ' ')}, {pulses_to_units(settled.delivered)} U "
-                    f"of {pulses_to_units(settled.pulses)} U",
-                    file=sys.stderr,
-                )
+        unknown = client.settle_pending(
+            follow=args.command not in ("cancel", "status"), on_settled=settled.append
+        )
+        for command in settled:
+            print(
+                f"pumpctl: earlier bolus {command.command_id.hex()[:8]} settled: "
+                f"{outcome_word(command.outcome).replace('_', ' ')}, "
+                f"{pulses_to_units(command.delivered)} U of {pulses_to_units(command.pulses)} U",
+                file=sys.stderr,
+            )
         if unknown and args.command == "bolus":
             raise ClientError(
                 f"bolus {unknown[0].hex()[:8]} is still unsettled (no answer from the pump); "

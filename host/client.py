@@ -13,15 +13,23 @@ transparently.  Every call ends in one of three ways, each its own type:
   never sent while an old one is unsettled (S7).
 
 Link failures before anything could have happened raise :class:`LinkDown`.
+
+Requests are typed message objects from :mod:`pumpguard.protocol`, built
+with :data:`UNASSIGNED_ID` as their request id: :meth:`RemoteClient.request`
+numbers them itself, so that each response can be matched to its request::
+
+    client.request(CommandQuery(UNASSIGNED_ID, command_id))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, TypeAlias, TypeVar
 
 from pumpguard.protocol import (
     AuthenticationFailed,
@@ -58,20 +66,65 @@ from pumpguard.protocol import (
     wire,
 )
 
-from .journal import Journal
+from .journal import Journal, SettledCommand
 from .keystore import KeyStore
 from .transport import RecordChannel
 
 log = logging.getLogger("pumpguard.remote")
 
-#: How long to wait for one reply before sending again.
-REPLY_TIMEOUT_S = 1.0
-#: Attempts per request (same request, resealed under a new counter).
-ATTEMPTS = 4
-#: How often a bolus in progress is polled for progress.
-POLL_INTERVAL_S = 0.25
-#: How long pairing waits for the user at the pump (the pump's own timeout is 120 s).
-PAIRING_WAIT_S = 150.0
+#: How long to wait for one reply before sending again.  A record crosses a
+#: 115200-baud link in at most ~25 ms and the pump answers at once, so a
+#: reply not here within a second was lost; waiting longer only slows recovery.
+REPLY_TIMEOUT_S: Final = 1.0
+#: Attempts per request (same request, resealed under a new counter), and per
+#: handshake.  Four one-second tries ride out a burst of lost records; after
+#: them the session is renewed once, so a dead link is reported in ~8 s.
+ATTEMPTS: Final = 4
+#: How often a bolus in progress is polled for progress.  The pump delivers a
+#: pulse every 2 s, so progress shows within a quarter second of each, for
+#: four short exchanges a second on the link.
+POLL_INTERVAL_S: Final = 0.25
+#: How long pairing waits for the user at the pump.  The pump leaves pairing
+#: mode after PAIRING_MODE_TIMEOUT_S (120 s, SPEC §9.5); the margin covers a
+#: user who opens pairing mode a little after the remote starts asking.
+PAIRING_WAIT_S: Final = 150.0
+#: How often a pairing record is sent again while no answer comes.  The pump
+#: drops pairing records until the user opens pairing mode, so the request is
+#: repeated; once a second makes the pump answer within a second of opening.
+PAIRING_RESEND_S: Final = 1.0
+#: How long the pump's nonce may take.  The pump answers it without waiting
+#: for the user, so this only has to cover a lossy link (ten resends).
+PAIRING_NONCE_WAIT_S: Final = 10.0
+#: How often the confirmation is sent again.  The pump answers it only once its
+#: user has compared the codes, which takes seconds; it answers a duplicate
+#: with the same reply (SPEC §9.5), so resending is safe, and every 2 s is
+#: prompt enough for a person while halving the records sent during the wait.
+PAIRING_CONFIRM_RESEND_S: Final = 2.0
+#: Most audit entries :meth:`RemoteClient.history` fetches by default, one
+#: exchange each.  The pump's audit ring (24 sectors of 4 KiB, SPEC §13.1)
+#: holds at most ~820 even of the smallest entries, so the whole log is read;
+#: the bound stops a pump that never says "no more" from looping the client.
+HISTORY_MAX_ENTRIES: Final = 1000
+#: The request id to build a message with for :meth:`RemoteClient.request`,
+#: which replaces it with the client's next one.
+UNASSIGNED_ID: Final = 0
+#: Random bytes that pick the first request id: enough to reach every id up
+#: to ``wire.MAX_REQUEST_ID``, so two clients in turn are unlikely to reuse ids.
+_REQUEST_ID_SEED_LEN: Final = (wire.MAX_REQUEST_ID.bit_length() + 7) // 8
+
+#: The messages a remote sends: what :meth:`RemoteClient.request` takes.
+Request: TypeAlias = (
+    StatusRequest
+    | BolusPrepare
+    | BolusCommit
+    | CommandQuery
+    | BolusCancel
+    | HistoryRequest
+    | PolicyUpload
+    | Unpair
+)
+
+_Response = TypeVar("_Response", bound=Message)
 
 _REFUSAL_TEXT = {
     RefusalCode.MALFORMED_REQUEST: "the pump could not parse the request",
@@ -144,6 +197,15 @@ class BolusResult:
 
 
 ProgressCallback = Callable[[int, int], None]
+#: Called with each journaled command :meth:`RemoteClient.settle_pending` settles.
+SettledCallback = Callable[[SettledCommand], None]
+
+
+def _expect(response: Message, kind: type[_Response], what: str) -> _Response:
+    """``response`` as a ``kind``, or :class:`LinkDown` naming ``what`` was asked."""
+    if not isinstance(response, kind):
+        raise LinkDown(f"unexpected response to {what}")
+    return response
 
 
 class RemoteClient:
@@ -175,7 +237,7 @@ class RemoteClient:
         self._random_bytes = random_bytes
         self._reply_timeout = reply_timeout
         self._session: SecureSession | None = None
-        self._request_id = int.from_bytes(random_bytes(2), "big")
+        self._request_id = int.from_bytes(random_bytes(_REQUEST_ID_SEED_LEN), "big")
 
     # --- pairing ----------------------------------------------------------------------
 
@@ -194,10 +256,15 @@ class RemoteClient:
         initiator = PairingInitiator(static, self._random_bytes)
         request = initiator.start()
         try:
-            commit = self._exchange_raw(request, RecordType.PAIR_COMMIT, PAIRING_WAIT_S, resend=1.0)
+            commit = self._exchange_raw(
+                request, RecordType.PAIR_COMMIT, PAIRING_WAIT_S, resend=PAIRING_RESEND_S
+            )
             nonce_reply = initiator.receive_commit(commit)
             pump_nonce = self._exchange_raw(
-                nonce_reply, RecordType.PAIR_PUMP_NONCE, 10.0, resend=1.0
+                nonce_reply,
+                RecordType.PAIR_PUMP_NONCE,
+                PAIRING_NONCE_WAIT_S,
+                resend=PAIRING_RESEND_S,
             )
             code = initiator.receive_pump_nonce(pump_nonce)
             if not confirm_code(code):
@@ -205,7 +272,10 @@ class RemoteClient:
                 raise ClientError("pairing cancelled: the codes did not match")
             confirm = initiator.confirm()
             reply = self._exchange_raw(
-                confirm, RecordType.PAIR_PUMP_CONFIRM, PAIRING_WAIT_S, resend=2.0
+                confirm,
+                RecordType.PAIR_PUMP_CONFIRM,
+                PAIRING_WAIT_S,
+                resend=PAIRING_CONFIRM_RESEND_S,
             )
             result = initiator.receive_pump_confirm(reply)
         except ProtocolError as exc:
@@ -272,18 +342,23 @@ class RemoteClient:
         self._request_id = (self._request_id + 1) % (wire.MAX_REQUEST_ID + 1)
         return self._request_id
 
-    def request(self, kind: Callable[..., Message], *fields: object) -> Message:
-        """Send ``kind(request_id, *fields)`` and return the pump's authenticated response.
+    def request(self, message: Request) -> Message:
+        """Send ``message`` and return the pump's authenticated response.
 
-        The request is resent, resealed under a fresh counter, until a
-        response with its request id arrives; after the attempts run out
-        the session is renewed once and the whole exchange retried.
+        Build ``message`` with :data:`UNASSIGNED_ID` as its request id; it is
+        sent under the client's next request id.  The request is resent,
+        resealed under a fresh counter, until a response with that id
+        arrives; after the attempts run out the session is renewed once and
+        the whole exchange retried.
 
         Raises:
+            ValueError: ``message`` carries a request id of its own (a caller bug).
             LinkDown: no response.
             PumpRefused: the response is a refusal.
         """
-        message = kind(self._next_request_id(), *fields)
+        if message.request_id != UNASSIGNED_ID:
+            raise ValueError("build requests with UNASSIGNED_ID: the client numbers them")
+        message = dataclasses.replace(message, request_id=self._next_request_id())
         plaintext = encode_message(message)
         for renew in (False, True):
             if renew:
@@ -318,9 +393,7 @@ class RemoteClient:
     # --- commands ---------------------------------------------------------------------
 
     def status(self) -> Status:
-        response = self.request(StatusRequest)
-        if not isinstance(response, Status):
-            raise LinkDown("unexpected response to status")
+        response = _expect(self.request(StatusRequest(UNASSIGNED_ID)), Status, "status")
         pairing = self._keys.pairing()
         if pairing is not None and pairing.audit_public is None:
             self._keys.save_audit_key(response.audit_key)
@@ -345,12 +418,15 @@ class RemoteClient:
         self._journal.record_pending(command_id, pulses)
         try:
             first = self._prepare_and_commit(command_id, pulses)
-            return self._follow(command_id, first, progress)
+            final = self._follow(command_id, first, progress)
         except PumpRefused as refusal:
-            self._journal.settle(command_id, "refused", 0)
+            # Refused: the pump never committed this id, so nothing was delivered.
+            self._journal.settle(command_id, Outcome.UNKNOWN, 0)
             raise refusal from None
         except LinkDown as exc:
             raise OutcomeUnknown(command_id, str(exc)) from None
+        self._settle(command_id, final)
+        return BolusResult(command_id, final.outcome, final.requested, final.delivered)
 
     def _prepare_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
         """Challenge, then commit.  A challenge that expired in transit is
@@ -363,73 +439,79 @@ class RemoteClient:
         return self._challenge_and_commit(command_id, pulses)
 
     def _challenge_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
-        response = self.request(BolusPrepare, command_id, pulses)
+        response = self.request(BolusPrepare(UNASSIGNED_ID, command_id, pulses))
         if isinstance(response, BolusChallenge):  # a known id answers with its outcome instead
-            response = self.request(BolusCommit, command_id, pulses, response.challenge)
-        if not isinstance(response, CommandOutcome):
-            raise LinkDown("unexpected response to a bolus")
-        return response
+            response = self.request(
+                BolusCommit(UNASSIGNED_ID, command_id, pulses, response.challenge)
+            )
+        return _expect(response, CommandOutcome, "a bolus")
 
     def _follow(
         self, command_id: bytes, outcome: CommandOutcome, progress: ProgressCallback | None
-    ) -> BolusResult:
-        """Poll until the bolus is over; report progress as the pump counts it."""
+    ) -> CommandOutcome:
+        """Poll until the bolus is over and return its final outcome; report
+        progress as the pump counts it."""
         while outcome.outcome is Outcome.IN_PROGRESS:
             if progress is not None:
                 progress(outcome.delivered, outcome.requested)
             self._sleep(POLL_INTERVAL_S)
-            response = self.request(CommandQuery, command_id)
-            if not isinstance(response, CommandOutcome):
-                raise LinkDown("unexpected response to a query")
-            outcome = response
+            query = CommandQuery(UNASSIGNED_ID, command_id)
+            outcome = _expect(self.request(query), CommandOutcome, "a query")
         if progress is not None:
             progress(outcome.delivered, outcome.requested)
-        self._journal.settle(command_id, outcome.outcome.name.lower(), outcome.delivered)
-        return BolusResult(command_id, outcome.outcome, outcome.requested, outcome.delivered)
+        return outcome
 
-    def settle_pending(self, *, follow: bool = True) -> list[bytes]:
+    def _settle(self, command_id: bytes, final: CommandOutcome) -> SettledCommand:
+        """Journal the pump's final answer about the pending ``command_id``."""
+        # UNKNOWN: the pump never committed it (and voided any challenge for it
+        # while answering), so none of it was delivered.
+        delivered = 0 if final.outcome is Outcome.UNKNOWN else final.delivered
+        return self._journal.settle(command_id, final.outcome, delivered)
+
+    def settle_pending(
+        self, *, follow: bool = True, on_settled: SettledCallback | None = None
+    ) -> list[bytes]:
         """Ask the pump about every journaled bolus; return the ids still unknown.
+
+        The one place the journal's pending commands are settled: every
+        ``pumpctl`` start and every :meth:`bolus` run it first.
 
         A bolus the pump never committed is settled as not delivered: the
         pump voids any challenge for it while answering, so it can no
         longer start.  One still in progress is followed to its end, or,
         with ``follow=False``, left pending (and not counted as unknown) so
-        that the caller can, for example, cancel it first.
+        that the caller can, for example, cancel it first.  ``on_settled``
+        is called with each command as it is settled.
         """
         unknown = []
         for pending in self._journal.pending():
             try:
-                response = self.request(CommandQuery, pending.command_id)
+                response = self.request(CommandQuery(UNASSIGNED_ID, pending.command_id))
             except (LinkDown, NotPaired):
                 unknown.append(pending.command_id)
                 continue
             if not isinstance(response, CommandOutcome):
                 unknown.append(pending.command_id)
                 continue
-            if response.outcome is Outcome.UNKNOWN:
-                self._journal.settle(pending.command_id, "not_delivered", 0)
-            elif response.outcome is not Outcome.IN_PROGRESS:
-                self._journal.settle(
-                    pending.command_id, response.outcome.name.lower(), response.delivered
-                )
-            elif follow:
-                self._follow(pending.command_id, response, None)
+            if response.outcome is Outcome.IN_PROGRESS:
+                if not follow:
+                    continue
+                response = self._follow(pending.command_id, response, None)
+            settled = self._settle(pending.command_id, response)
+            if on_settled is not None:
+                on_settled(settled)
         return unknown
 
     def cancel(self) -> CommandOutcome:
-        response = self.request(BolusCancel)
-        if not isinstance(response, CommandOutcome):
-            raise LinkDown("unexpected response to cancel")
-        return response
+        return _expect(self.request(BolusCancel(UNASSIGNED_ID)), CommandOutcome, "cancel")
 
-    def history(self, from_seq: int = 0, limit: int = 1000) -> list[bytes]:
+    def history(self, from_seq: int = 0, limit: int = HISTORY_MAX_ENTRIES) -> list[bytes]:
         """Signed audit entries from ``from_seq`` on (verify with host.audit)."""
         entries: list[bytes] = []
         seq = from_seq
         while len(entries) < limit:
-            response = self.request(HistoryRequest, seq)
-            if not isinstance(response, History):
-                raise LinkDown("unexpected response to history")
+            request = HistoryRequest(UNASSIGNED_ID, seq)
+            response = _expect(self.request(request), History, "history")
             if not response.entry:
                 break
             entries.append(response.entry)
@@ -461,9 +543,7 @@ class RemoteClient:
         return "" if pairing is None else pairing.pump_id.hex()
 
     def upload_policy(self, policy: bytes, signature: bytes) -> None:
-        response = self.request(PolicyUpload, policy, signature)
-        if not isinstance(response, Ok):
-            raise LinkDown("unexpected response to policy upload")
+        _expect(self.request(PolicyUpload(UNASSIGNED_ID, policy, signature)), Ok, "policy upload")
 
     def unpair(self) -> None:
         """Ask the pump to erase our key, then erase ours (S11).
@@ -479,7 +559,7 @@ class RemoteClient:
                 "unpair it on the pump's menu too"
             )
         try:
-            self.request(Unpair)
+            self.request(Unpair(UNASSIGNED_ID))
         except (LinkDown, AuthenticationFailed):
             self._keys.erase_pairing()
             raise LinkDown(

@@ -18,6 +18,14 @@ The first line is a header (``{"op":"journal","format":1}``); the others are
 and after compaction ``settled`` (both in one).  Every append is
 ``fsync``-ed before the call returns.
 
+An outcome is a protocol :class:`~pumpguard.protocol.Outcome`, stored as a
+lower-case word so the file stays readable: ``delivered``, ``cancelled``,
+``interrupted``, and ``not_delivered`` for :attr:`~pumpguard.protocol.Outcome.UNKNOWN`
+(the pump never committed the command).  Journals written before outcomes
+were typed may also hold ``refused`` and ``unknown``; both meant the pump
+never committed the command and load as ``UNKNOWN``.  Any other word is
+corruption (below).
+
 Why a torn last line is safe to drop, and nothing else is:
 
 * A power cut during an append leaves at most one incomplete line, the
@@ -41,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import reprlib
 import time
 import zlib
 from collections.abc import Callable
@@ -50,7 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from pumpguard.protocol import wire
+from pumpguard.protocol import Outcome, wire
 
 from .keystore import atomic_write
 
@@ -63,6 +71,7 @@ __all__ = [
     "JournalError",
     "PendingCommand",
     "SettledCommand",
+    "outcome_word",
 ]
 
 JOURNAL_FILE: Final = "journal.log"
@@ -76,7 +85,21 @@ MAX_SETTLED_KEPT: Final = 64
 _COMPACT_AT: Final = 2 * MAX_SETTLED_KEPT
 #: A compacted journal is a few tens of kilobytes; anything near this is not ours.
 _MAX_FILE: Final = 1 << 20
-_OUTCOME: Final = re.compile(r"[a-z][a-z_]{0,31}")
+#: The word stored for each outcome a settled command can have.  IN_PROGRESS
+#: is not one: a command is settled only once the pump has finished with it.
+_WORD_OF: Final[dict[Outcome, str]] = {
+    Outcome.UNKNOWN: "not_delivered",
+    Outcome.DELIVERED: "delivered",
+    Outcome.CANCELLED: "cancelled",
+    Outcome.INTERRUPTED: "interrupted",
+}
+#: Words read back: the ones written, plus those earlier versions wrote for
+#: a command the pump never committed (a refused bolus; an UNKNOWN answer
+#: while following one).
+_OUTCOME_OF: Final[dict[str, Outcome]] = {word: outcome for outcome, word in _WORD_OF.items()} | {
+    "refused": Outcome.UNKNOWN,
+    "unknown": Outcome.UNKNOWN,
+}
 _HEADER: Final = {"op": "journal", "format": JOURNAL_FORMAT}
 
 
@@ -101,8 +124,9 @@ class SettledCommand:
     command_id: bytes
     pulses: int
     recorded_at: float
-    #: What became of it, e.g. ``"delivered"``, ``"cancelled"``, ``"not_delivered"``.
-    outcome: str
+    #: What the pump reports became of it; never ``IN_PROGRESS``.  ``UNKNOWN``
+    #: means the pump never committed it, so nothing was delivered.
+    outcome: Outcome
     #: Pulses the pump reports as delivered.
     delivered: int
     settled_at: float
@@ -113,9 +137,9 @@ def _encode_line(entry: dict[str, Any]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
-def _check_outcome(outcome: str) -> None:
-    if not isinstance(outcome, str) or not _OUTCOME.fullmatch(outcome):
-        raise ValueError("outcome must be a short lower-case word such as 'delivered'")
+def outcome_word(outcome: Outcome) -> str:
+    """The word the journal stores for a settled ``outcome``, e.g. ``"not_delivered"``."""
+    return _WORD_OF[outcome]
 
 
 class _Corrupt(Exception):
@@ -149,11 +173,12 @@ def _field_id(entry: dict[str, Any]) -> bytes:
     return command_id
 
 
-def _field_outcome(entry: dict[str, Any]) -> str:
+def _field_outcome(entry: dict[str, Any]) -> Outcome:
     value = entry.get("outcome")
-    if not isinstance(value, str) or not _OUTCOME.fullmatch(value):
-        raise _Corrupt("bad outcome")
-    return value
+    outcome = _OUTCOME_OF.get(value) if isinstance(value, str) else None
+    if outcome is None:
+        raise _Corrupt(f"unknown outcome {reprlib.repr(value)}")
+    return outcome
 
 
 def _decode_line(line: bytes) -> dict[str, Any]:
@@ -323,7 +348,7 @@ class Journal:
         )
 
     def _add_settled(
-        self, pending: PendingCommand, *, outcome: str, delivered: int, settled_at: float
+        self, pending: PendingCommand, *, outcome: Outcome, delivered: int, settled_at: float
     ) -> None:
         self._settled.append(
             SettledCommand(
@@ -401,14 +426,16 @@ class Journal:
         self._pending[command_id] = command
         return command
 
-    def settle(self, command_id: bytes, outcome: str, delivered: int) -> SettledCommand:
+    def settle(self, command_id: bytes, outcome: Outcome, delivered: int) -> SettledCommand:
         """Record the real outcome the pump reported for a pending command.
 
         Raises:
-            ValueError: a malformed outcome or delivered count (a caller bug).
+            ValueError: ``IN_PROGRESS`` or not an :class:`Outcome`, or a bad
+                delivered count (a caller bug).
             JournalError: the command is not pending, or the write failed.
         """
-        _check_outcome(outcome)
+        if not isinstance(outcome, Outcome) or outcome not in _WORD_OF:
+            raise ValueError("outcome must be a final Outcome (not IN_PROGRESS)")
         if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
             raise ValueError("delivered must be a non-negative integer")
         self._usable()
@@ -420,7 +447,7 @@ class Journal:
             {
                 "op": "settle",
                 "id": command_id.hex(),
-                "outcome": outcome,
+                "outcome": outcome_word(outcome),
                 "delivered": delivered,
                 "at": settled_at,
             }
@@ -443,7 +470,7 @@ class Journal:
                     "id": s.command_id.hex(),
                     "pulses": s.pulses,
                     "at": s.recorded_at,
-                    "outcome": s.outcome,
+                    "outcome": outcome_word(s.outcome),
                     "delivered": s.delivered,
                     "settled_at": s.settled_at,
                 }

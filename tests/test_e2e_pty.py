@@ -58,7 +58,7 @@ from pumpguard.firmware_sim.store import SnapshotStore
 from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE
 from pumpguard.host.transport import create_vnull
-from pumpguard.protocol import pulses_to_units
+from pumpguard.protocol import Outcome, pulses_to_units
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs ptys (POSIX)")
 
@@ -402,7 +402,7 @@ def test_pair_bolus_status_history_cancel_unpair(
     pending, settled = journal_state(keys)
     assert pending == []
     cancelled = settled[-1]
-    assert cancelled.outcome == "cancelled"
+    assert cancelled.outcome is Outcome.CANCELLED
     assert 0 < cancelled.delivered < 5 * PULSES_PER_UNIT
 
     # Unpairing erases the key on both sides (S11).
@@ -682,12 +682,12 @@ def test_killed_bolus_is_delivered_at_most_once_and_settled(killed_boluses: Kill
         settled = run.settled[command_id]
         started = entries_for(log, "bolus_started", command_id)
         ended = entries_for(log, "bolus_delivered", command_id)
-        if settled.outcome == "delivered":
+        if settled.outcome is Outcome.DELIVERED:
             assert settled.delivered == PULSES_PER_UNIT, run.trigger
             assert len(started) == 1, run.trigger  # never twice (S7)
             assert [e["pulses"] for e in ended] == [PULSES_PER_UNIT]
         else:
-            assert settled.outcome == "not_delivered", (run.trigger, settled)
+            assert settled.outcome is Outcome.UNKNOWN, (run.trigger, settled)
             assert settled.delivered == 0
             assert started == []
             assert ended == []
@@ -695,13 +695,17 @@ def test_killed_bolus_is_delivered_at_most_once_and_settled(killed_boluses: Kill
     # Once the pump shows the bolus, it was committed: the truth is "delivered".
     by_trigger = {run.trigger: run for run in killed_boluses.runs}
     shown = by_trigger["pump started"]
-    assert shown.settled[shown.pending_after_kill[0]].outcome == "delivered"
+    assert shown.settled[shown.pending_after_kill[0]].outcome is Outcome.DELIVERED
 
     final = killed_boluses.final_status
     # The pump delivered exactly what the journal says, plus the final 0.5 U.
     assert final["bolus_pulses_delivered"] == total + 10
     motor_matches_ledger(final)
     assert len([e for e in log if e["event"] == "bolus_started"]) == total // 20 + 1
+
+
+#: How pumpctl names a settled bolus's outcome on stderr.
+SHOWN_OUTCOME = {Outcome.DELIVERED: "delivered", Outcome.UNKNOWN: "not delivered"}
 
 
 def test_rerun_after_kill_reports_the_settled_outcome(killed_boluses: KillResults) -> None:
@@ -716,7 +720,7 @@ def test_rerun_after_kill_reports_the_settled_outcome(killed_boluses: KillResult
         settled = run.settled[command_id]
         line = (
             f"pumpctl: earlier bolus {command_id.hex()[:8]} settled: "
-            f"{settled.outcome.replace('_', ' ')}, "
+            f"{SHOWN_OUTCOME[settled.outcome]}, "
             f"{pulses_to_units(settled.delivered)} U of 1 U"
         )
         assert line in run.settler.stderr.splitlines(), (run.trigger, run.settler.stderr)
@@ -874,7 +878,7 @@ def test_cancel_after_a_killed_bolus_stops_it(
     pending, settled = journal_state(keys)
     assert pending == []
     [outcome] = [c for c in settled if c.command_id == command_id]
-    assert (outcome.outcome, outcome.delivered) == ("cancelled", delivered)
+    assert (outcome.outcome, outcome.delivered) == (Outcome.CANCELLED, delivered)
     assert (
         f"pumpctl: earlier bolus {command_id.hex()[:8]} settled: cancelled, "
         f"{pulses_to_units(delivered)} U of 3 U"

@@ -45,11 +45,18 @@ from pumpguard.firmware_sim.motor import Motor
 from pumpguard.firmware_sim.panel import Button, PanelEvent
 from pumpguard.firmware_sim.pump import Pump, PumpMode
 from pumpguard.firmware_sim.runner import ScaledClock, run_pump
-from pumpguard.host.client import LinkDown, NotPaired, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.client import (
+    UNASSIGNED_ID,
+    LinkDown,
+    NotPaired,
+    OutcomeUnknown,
+    PumpRefused,
+    RemoteClient,
+)
 from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KEY_FILE, KeyStore
 from pumpguard.host.transport import MemoryLink, RecordChannel
-from pumpguard.protocol import Outcome, RefusalCode
+from pumpguard.protocol import Outcome, RefusalCode, Status, StatusRequest, wire
 
 TIME_SCALE = 50.0
 #: Short reply timeout: a lost reply is given up on in 4 x 0.25 s, twice.
@@ -219,7 +226,7 @@ def test_pair_status_bolus_history_cancel_unpair(live: LivePump, tmp_path: Path)
         assert 3 <= stopped.delivered_pulses < 100
         time.sleep(0.2)  # a pulse interval at 50x: the motor must have stopped
         assert live.bolus_pulses == 10 + stopped.delivered_pulses
-        assert [s.outcome for s in journal.settled()] == ["delivered", "cancelled"]
+        assert [s.outcome for s in journal.settled()] == [Outcome.DELIVERED, Outcome.CANCELLED]
         assert journal.pending() == []
 
         client.unpair()
@@ -279,7 +286,7 @@ def test_reply_lost_after_the_pump_started_is_unknown_then_settled_once(
         command_id,
         20,
         settled.recorded_at,
-        "delivered",
+        Outcome.DELIVERED,
         20,
         settled.settled_at,
     )
@@ -313,6 +320,23 @@ def paired_rig(tmp_path: Path) -> tuple[Rig, Path]:
         pair(rig, client)
     rig.press(Button.REMOTE_BOLUS_ON)
     return rig, keys
+
+
+def test_request_numbers_the_messages_it_is_given(paired_rig: tuple[Rig, Path]) -> None:
+    """A request is built with UNASSIGNED_ID and sent under the client's next id (SPEC
+    §12.1); a message numbered by its caller is a caller bug and is not sent."""
+    rig, keys = paired_rig
+    with Journal.open(keys) as journal:
+        client, _ = rig_client(rig, keys, journal)
+        first = client.request(StatusRequest(UNASSIGNED_ID))
+        second = client.request(StatusRequest(UNASSIGNED_ID))
+        assert isinstance(first, Status)
+        assert isinstance(second, Status)
+        assert second.request_id == (first.request_id + 1) % (wire.MAX_REQUEST_ID + 1)
+        sent = len(rig.from_remote)
+        with pytest.raises(ValueError, match="UNASSIGNED_ID"):
+            client.request(StatusRequest(7))
+        assert len(rig.from_remote) == sent
 
 
 @pytest.mark.parametrize("lost", ["before the challenge", "after the commit"])
@@ -351,7 +375,7 @@ def test_direct_link_dead_link_is_unknown_then_the_real_outcome(
         started = audit_events(client, "bolus_started", command_id)
 
     expected = 0 if lost == "before the challenge" else 20
-    assert settled.outcome == ("not_delivered" if expected == 0 else "delivered")
+    assert settled.outcome is (Outcome.UNKNOWN if expected == 0 else Outcome.DELIVERED)
     assert settled.delivered == expected
     assert rig.pump.delivery.bolus_pulses_delivered == expected
     assert len(started) == expected // 20
@@ -386,7 +410,7 @@ def test_direct_link_restart_mid_bolus_follows_it_to_the_end(paired_rig: tuple[R
         client, _ = rig_client(rig, keys, journal)
         assert client.settle_pending() == []
         [settled] = [s for s in journal.settled() if s.command_id == command_id]
-    assert settled.outcome == "delivered"
+    assert settled.outcome is Outcome.DELIVERED
     assert settled.delivered == 200
     assert rig.pump.delivery.bolus_pulses_delivered == 200
     assert rig.motor.pulses == rig.ledger_pulses

@@ -46,7 +46,7 @@ from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KeyStore
 from pumpguard.host.tap import FaultInjector, FaultPlan, Tap
 from pumpguard.host.transport import MemoryLink, RecordChannel
-from pumpguard.protocol import LimitPolicy, encode_policy, sign_policy
+from pumpguard.protocol import LimitPolicy, Outcome, encode_policy, sign_policy
 
 BASAL_PULSES_PER_HOUR = 20
 MS_PER_HOUR = 3_600_000
@@ -79,9 +79,9 @@ HARSH_FAULTS = FaultPlan(
 class RecordingJournal(Journal):
     """The journal, also remembering every final answer the host recorded."""
 
-    answers: dict[bytes, tuple[str, int]]
+    answers: dict[bytes, tuple[Outcome, int]]
 
-    def settle(self, command_id: bytes, outcome: str, delivered: int) -> SettledCommand:
+    def settle(self, command_id: bytes, outcome: Outcome, delivered: int) -> SettledCommand:
         settled = super().settle(command_id, outcome, delivered)
         if not hasattr(self, "answers"):
             self.answers = {}
@@ -250,9 +250,7 @@ def check_ledger(soak: Soak) -> int:
     host_total = sum(delivered for _, delivered in answers.values())
     assert host_total == soak.bolus_by_witness()
     assert host_total == soak.rig.pump.delivery.bolus_pulses_delivered
-    assert all(
-        outcome in ("delivered", "not_delivered", "refused") for outcome, _ in answers.values()
-    )
+    assert all(outcome in (Outcome.DELIVERED, Outcome.UNKNOWN) for outcome, _ in answers.values())
     return host_total
 
 
@@ -284,8 +282,8 @@ def test_bolus_soak_harsh_settles_every_unknown_outcome(soak: Soak, tmp_path: Pa
     tally, _ = _soak(soak, 30, seed=3, plan=HARSH_FAULTS)
     assert tally.unknown > 0, tally  # the settle path was exercised ...
     outcomes = Counter(outcome for outcome, _ in soak.journal.answers.values())
-    assert outcomes["delivered"] > tally.delivered_calls  # ... and found real deliveries
-    assert outcomes["not_delivered"] > 0  # ... and commands that never ran
+    assert outcomes[Outcome.DELIVERED] > tally.delivered_calls  # ... and found real deliveries
+    assert outcomes[Outcome.UNKNOWN] > 0  # ... and commands that never ran
     _check_pump_log(soak, tmp_path)
 
 

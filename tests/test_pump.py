@@ -42,7 +42,13 @@ from pumpguard.firmware_sim.audit import AuditLog
 from pumpguard.firmware_sim.panel import Button
 from pumpguard.firmware_sim.pump import PumpMode
 from pumpguard.firmware_sim.store import SnapshotStore
-from pumpguard.host.client import LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.client import (
+    UNASSIGNED_ID,
+    LinkDown,
+    OutcomeUnknown,
+    PumpRefused,
+    RemoteClient,
+)
 from pumpguard.host.journal import Journal
 from pumpguard.host.keystore import KeyStore
 from pumpguard.host.transport import RecordChannel
@@ -155,14 +161,14 @@ def refused(call: Callable[[], object]) -> PumpRefused:
 
 
 def prepare(client: RemoteClient, command_id: bytes, pulses: int) -> bytes:
-    response = client.request(BolusPrepare, command_id, pulses)
+    response = client.request(BolusPrepare(UNASSIGNED_ID, command_id, pulses))
     assert isinstance(response, BolusChallenge)
     assert response.command_id == command_id
     return response.challenge
 
 
 def commit(client: RemoteClient, command_id: bytes, pulses: int, challenge: bytes) -> Message:
-    return client.request(BolusCommit, command_id, pulses, challenge)
+    return client.request(BolusCommit(UNASSIGNED_ID, command_id, pulses, challenge))
 
 
 def outcome_of(message: Message) -> tuple[Outcome, int, int]:
@@ -227,7 +233,7 @@ def test_remote_cancels_a_bolus_in_progress(bench: Bench) -> None:
     assert 1 <= cancelled.delivered < 100
     fast_forward(rig, 600)
     assert bolus_pulses(rig) == cancelled.delivered
-    assert outcome_of(client.request(CommandQuery, cid(1))) == (
+    assert outcome_of(client.request(CommandQuery(UNASSIGNED_ID, cid(1)))) == (
         Outcome.CANCELLED,
         100,
         cancelled.delivered,
@@ -406,7 +412,11 @@ def test_retried_commit_and_prepare_return_the_stored_outcome(bench: Bench) -> N
     assert outcome_of(again)[:2] == (Outcome.IN_PROGRESS, 20)
     rig.advance(60)
     assert outcome_of(commit(client, cid(3), 20, challenge)) == (Outcome.DELIVERED, 20, 20)
-    assert outcome_of(client.request(BolusPrepare, cid(3), 20)) == (Outcome.DELIVERED, 20, 20)
+    assert outcome_of(client.request(BolusPrepare(UNASSIGNED_ID, cid(3), 20))) == (
+        Outcome.DELIVERED,
+        20,
+        20,
+    )
     fast_forward(rig, 120)
     assert bolus_pulses(rig) == 20
     assert [o.command_id for o in rig.pump.persistent.outcomes] == [cid(3)]
@@ -418,7 +428,7 @@ def test_same_id_with_another_dose_is_a_conflict(bench: Bench) -> None:
     commit(client, cid(4), 20, challenge)
     rig.advance(60)
     for call in (
-        lambda: client.request(BolusPrepare, cid(4), 21),
+        lambda: client.request(BolusPrepare(UNASSIGNED_ID, cid(4), 21)),
         lambda: commit(client, cid(4), 19, challenge),
     ):
         assert refused(call).code is RefusalCode.COMMAND_ID_CONFLICT
@@ -430,12 +440,12 @@ def test_outcome_is_queryable_across_reboot(bench: Bench) -> None:
     rig, client = bench.rig, bench.client
     result = client.bolus(12)
     rig.reboot()
-    assert outcome_of(client.request(CommandQuery, result.command_id)) == (
+    assert outcome_of(client.request(CommandQuery(UNASSIGNED_ID, result.command_id))) == (
         Outcome.DELIVERED,
         12,
         12,
     )
-    challenge_after_reboot = client.request(BolusPrepare, result.command_id, 12)
+    challenge_after_reboot = client.request(BolusPrepare(UNASSIGNED_ID, result.command_id, 12))
     assert outcome_of(challenge_after_reboot) == (Outcome.DELIVERED, 12, 12)
     fast_forward(rig, 60)
     assert bolus_pulses(rig) == 12
@@ -444,7 +454,11 @@ def test_outcome_is_queryable_across_reboot(bench: Bench) -> None:
 def test_query_of_an_unknown_id_voids_its_challenge(bench: Bench) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(5), 10)
-    assert outcome_of(client.request(CommandQuery, cid(5))) == (Outcome.UNKNOWN, 0, 0)
+    assert outcome_of(client.request(CommandQuery(UNASSIGNED_ID, cid(5)))) == (
+        Outcome.UNKNOWN,
+        0,
+        0,
+    )
     assert refused(lambda: commit(client, cid(5), 10, challenge)).code is (
         RefusalCode.CHALLENGE_INVALID
     )
@@ -467,7 +481,11 @@ def test_a_lost_reply_is_settled_to_the_real_outcome(bench: Bench) -> None:
     link.replies_arrive = True
     assert client.settle_pending() == []
     settled = bench.journal.settled()[-1]
-    assert (settled.command_id, settled.outcome, settled.delivered) == (command_id, "delivered", 30)
+    assert (settled.command_id, settled.outcome, settled.delivered) == (
+        command_id,
+        Outcome.DELIVERED,
+        30,
+    )
     record = rig.pump.persistent.outcome(command_id)
     assert record is not None
     assert (record.outcome, record.delivered) == (Outcome.DELIVERED, 30)
@@ -484,7 +502,7 @@ def test_a_bolus_whose_prepare_never_arrived_is_settled_as_not_delivered(bench: 
     settled = bench.journal.settled()[-1]
     assert (settled.command_id, settled.outcome, settled.delivered) == (
         info.value.command_id,
-        "not_delivered",
+        Outcome.UNKNOWN,
         0,
     )
     fast_forward(rig, 60)
@@ -511,7 +529,7 @@ def test_a_restarted_host_settles_from_its_journal(tmp_path: Path) -> None:
         settled = journal.settled()[-1]
         assert (settled.command_id, settled.outcome, settled.delivered) == (
             pending.command_id,
-            "delivered",
+            Outcome.DELIVERED,
             40,
         )
         assert client.bolus(5).delivered_pulses == 5

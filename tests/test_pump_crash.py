@@ -46,7 +46,7 @@ from pumpguard.firmware_sim.audit import AuditLog
 from pumpguard.firmware_sim.flash import PowerLoss
 from pumpguard.firmware_sim.panel import Button
 from pumpguard.firmware_sim.pump import Pump, PumpMode
-from pumpguard.host.client import PumpRefused, RemoteClient
+from pumpguard.host.client import UNASSIGNED_ID, PumpRefused, RemoteClient
 from pumpguard.host.keystore import KeyStore
 from pumpguard.protocol import (
     BolusCommit,
@@ -243,9 +243,9 @@ def test_power_cut_during_a_bolus(
     settled = bench.journal.settled()[-1]
     assert settled.command_id == command_id
     if record is None:
-        assert (settled.outcome, settled.delivered) == ("not_delivered", 0)
+        assert (settled.outcome, settled.delivered) == (Outcome.UNKNOWN, 0)
     else:
-        assert (settled.outcome, settled.delivered) == (record.outcome.name.lower(), first)
+        assert (settled.outcome, settled.delivered) == (record.outcome, first)
     if first < BOLUS:
         assert client.bolus(BOLUS - first).delivered_pulses == BOLUS - first
     fast_forward(rig, 120)
@@ -271,7 +271,7 @@ def _commit_ops() -> int:
         try:
             challenge = prepare(bench.client, CMD, BOLUS)
             before = bench.rig.flash.operations
-            bench.client.request(BolusCommit, CMD, BOLUS, challenge)
+            bench.client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))
             bench.rig.advance(2 * BOLUS + 5)
             return bench.rig.flash.operations - before
         finally:
@@ -295,7 +295,7 @@ def test_a_commit_retried_after_the_cut_never_delivers_twice(
     challenge = prepare(client, CMD, BOLUS)
 
     def commit_and_deliver() -> None:
-        client.request(BolusCommit, CMD, BOLUS, challenge)
+        client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))
         rig.advance(2 * BOLUS + 5)
 
     rig.flash.cut_power_at(k)
@@ -307,10 +307,10 @@ def test_a_commit_retried_after_the_cut_never_delivers_twice(
     # The same commit again, as a remote that never saw the reply would send it.
     if stored is None:
         with pytest.raises(PumpRefused) as info:
-            client.request(BolusCommit, CMD, BOLUS, challenge)
+            client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))
         assert info.value.code is RefusalCode.CHALLENGE_INVALID, "the challenge died with RAM"
     else:
-        assert _outcome(client.request(BolusCommit, CMD, BOLUS, challenge)) == (
+        assert _outcome(client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))) == (
             stored.outcome,
             stored.delivered,
         )
@@ -318,11 +318,11 @@ def test_a_commit_retried_after_the_cut_never_delivers_twice(
     assert bolus_pulses(rig) == (0 if stored is None else stored.delivered)
 
     # A fresh prepare under the same id: the stored outcome, or (never committed) a new go.
-    again = client.request(BolusPrepare, CMD, BOLUS)
+    again = client.request(BolusPrepare(UNASSIGNED_ID, CMD, BOLUS))
     if stored is None:
         assert not isinstance(again, CommandOutcome)
         fresh = prepare(client, CMD, BOLUS)
-        client.request(BolusCommit, CMD, BOLUS, fresh)
+        client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, fresh))
         fast_forward(rig, 2 * BOLUS + 5)
         final = rig.pump.persistent.outcome(CMD)
         assert final is not None
@@ -347,7 +347,7 @@ def test_bolus_cut_mid_delivery_is_settled_after_reboot(bench: Bench) -> None:
     """
     rig, client = bench.rig, bench.client
     challenge = prepare(client, CMD, BOLUS)
-    client.request(BolusCommit, CMD, BOLUS, challenge)
+    client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))
     rig.advance(10.5)  # five pulses
     rig.flash.cut_power_at(1)
     with pytest.raises(PowerLoss):
@@ -392,7 +392,7 @@ def test_a_bolus_settled_just_before_the_cut_is_logged_once(
     else:
         monkeypatch.setattr(AuditLog, "append", arm_when_done(AuditLog.append))
     challenge = prepare(client, CMD, BOLUS)
-    client.request(BolusCommit, CMD, BOLUS, challenge)
+    client.request(BolusCommit(UNASSIGNED_ID, CMD, BOLUS, challenge))
     with pytest.raises(PowerLoss):
         rig.advance(2 * BOLUS + 5)
     monkeypatch.undo()
