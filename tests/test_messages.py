@@ -188,7 +188,7 @@ SCHEMA: Final[dict[type[Message], tuple[int, tuple[Field, ...]]]] = {
 CLASSES: Final = list(SCHEMA)
 
 
-def test_the_schema_table_is_the_implementation_s() -> None:
+def test_the_schema_table_matches_the_message_classes() -> None:
     """This file's copy of SPEC §12.2 names every message type and every field in order."""
     assert {number for number, _ in SCHEMA.values()} == set(MessageType)
     for cls, (number, schema) in SCHEMA.items():
