@@ -43,14 +43,23 @@ class MalformedMessage(RemoteProtocolError):
     """An authenticated plaintext that is not a valid message."""
 
 
-# Field kinds: (python type, bound).  For ints the bound is the maximum value,
-# for bytes (exact_len, max_len).
+# Field kinds: (name, low, high).
+#   "uint":            an integer in low..high;
+#   "bytes":           a byte string of low..high bytes;
+#   "bytes-or-empty":  a byte string of 0 bytes or of low..high bytes
+#                      (CDDL ``bstr .size (0 / 16)``);
+#   "bool":            true or false (low, high unused);
+#   "outcome", "refusal": an integer that is a member of the enum (low, high
+#                      are its smallest and largest members, for reading only:
+#                      membership is the check).
 _Kind = tuple[str, int, int]
 _U16: Final[_Kind] = ("uint", 0, MAX_REQUEST_ID)
 _U32: Final[_Kind] = ("uint", 0, _UINT32)
 _U64: Final[_Kind] = ("uint", 0, _UINT64)
 _CMD_ID: Final[_Kind] = ("bytes", COMMAND_ID_LEN, COMMAND_ID_LEN)
 _CHALLENGE: Final[_Kind] = ("bytes", CHALLENGE_LEN, CHALLENGE_LEN)
+_OUTCOME: Final[_Kind] = ("outcome", min(Outcome), max(Outcome))
+_REFUSAL: Final[_Kind] = ("refusal", min(RefusalCode), max(RefusalCode))
 
 
 class Message:
@@ -125,7 +134,7 @@ class HistoryRequest(Message):
 
 @dataclass(frozen=True)
 class PolicyUpload(Message):
-    """``policy-upload = [7, request-id, policy: bstr .size (1..96), signature: bstr .size 64]``"""
+    """``policy-upload = [7, request-id, policy: bstr .size (0..96), signature: bstr .size 64]``"""
 
     TYPE = MessageType.POLICY_UPLOAD
     SCHEMA = (("bytes", 0, MAX_POLICY_LEN), ("bytes", ED25519_SIGNATURE_LEN, ED25519_SIGNATURE_LEN))
@@ -147,7 +156,7 @@ class Unpair(Message):
 class Status(Message):
     """``status = [0x81, request-id, remote-bolus-enabled: bool, state: uint,
     bolus-pulses: uint, basal-pulses: uint, reservoir-pulses: uint,
-    active-command-id: bstr .size (0/16), active-requested: uint, active-delivered: uint,
+    active-command-id: bstr .size (0 / 16), active-requested: uint, active-delivered: uint,
     alarms: uint (bit set), limits-version: uint, max-bolus: uint, max-1h: uint,
     max-24h: uint, pump-id: bstr .size 8, audit-key: bstr .size 32, audit-next-seq: uint]``
     """
@@ -159,7 +168,7 @@ class Status(Message):
         _U64,
         _U64,
         _U32,
-        ("bytes", 0, COMMAND_ID_LEN),
+        ("bytes-or-empty", COMMAND_ID_LEN, COMMAND_ID_LEN),
         _U32,
         _U32,
         _U32,
@@ -207,7 +216,7 @@ class CommandOutcome(Message):
     """``command-outcome = [0x83, request-id, command-id, outcome, requested, delivered]``"""
 
     TYPE = MessageType.COMMAND_OUTCOME
-    SCHEMA = (_CMD_ID, ("outcome", 0, max(Outcome)), _U32, _U32)
+    SCHEMA = (_CMD_ID, _OUTCOME, _U32, _U32)
     request_id: int
     command_id: bytes
     outcome: Outcome
@@ -246,7 +255,7 @@ class Refused(Message):
     """
 
     TYPE = MessageType.REFUSED
-    SCHEMA = (("refusal", 0, max(RefusalCode)), _U32)
+    SCHEMA = (_REFUSAL, _U32)
     request_id: int
     code: RefusalCode
     detail: int
@@ -297,18 +306,31 @@ def encode_message(message: Message) -> bytes:
 
 
 def decode_message(data: bytes) -> Message:
-    """Parse one message.  Raises only :class:`MalformedMessage`."""
+    """Parse one message: the deterministic CBOR of one row of SPEC §12.2.
+
+    Input that is empty, longer than ``MAX_PLAINTEXT_LEN``, or does not start
+    with the head of a definite-length array of at most 23 items is refused
+    before any CBOR parsing.
+
+    Raises:
+        MalformedMessage: anything else than exactly the deterministic
+            encoding of a valid message.  No other exception escapes.
+    """
     if not data or len(data) > MAX_PLAINTEXT_LEN:
         raise MalformedMessage("message empty or too long")
-    # Only a definite-length array may start a message; checking the first
-    # byte keeps cbor2 away from tags, maps and indefinite lengths entirely.
+    # Only a definite-length array of at most 23 items may start a message;
+    # checking the first byte keeps cbor2 from parsing anything else at the
+    # top level (tags, maps, indefinite lengths).  Items inside the array
+    # still go through cbor2 and are held to the schema and the re-encoding
+    # check below.
     if data[0] & 0xE0 != 0x80 or data[0] & 0x1F > 23:
         raise MalformedMessage("message is not a short CBOR array")
     try:
         items = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types; all mean "malformed"
         raise MalformedMessage(f"undecodable CBOR ({type(exc).__name__})") from None
-    if not isinstance(items, list) or len(items) < 2:
+    # ``items`` is a list: the first byte is a definite-length array's head.
+    if len(items) < 2:
         raise MalformedMessage("message must be an array of at least two items")
     cls = _BY_TYPE.get(items[0]) if type(items[0]) is int else None
     if cls is None:
@@ -318,6 +340,8 @@ def decode_message(data: bytes) -> Message:
     _check(items[1], _U16)
     for value, kind in zip(items[2:], cls.SCHEMA, strict=True):
         _check(value, kind)
+    # The schema admits one value per item; this admits one byte form per
+    # value (no trailing bytes, shortest integers and lengths, no tags).
     if cbor2.dumps(items, canonical=True) != data:
         raise MalformedMessage("not the deterministic encoding")
     args: list[Any] = list(items[1:])
@@ -330,16 +354,27 @@ def decode_message(data: bytes) -> Message:
 
 
 def _check(value: object, kind: _Kind) -> None:
+    """Raise :class:`MalformedMessage` unless ``value`` is of ``kind`` (see ``_Kind``).
+
+    Types are compared exactly: ``True`` is not the integer 1 here, ``1.0``
+    is not an integer, a text string is not a byte string.
+    """
     name, low, high = kind
     if name == "bool":
         if type(value) is not bool:
             raise MalformedMessage("expected a bool")
-    elif name == "bytes":
-        if type(value) is not bytes or not low <= len(value) <= high:
+    elif name in ("bytes", "bytes-or-empty"):
+        if type(value) is not bytes:
+            raise MalformedMessage("expected a byte string")
+        if not low <= len(value) <= high and not (name == "bytes-or-empty" and not value):
             raise MalformedMessage(f"expected {low}..{high} bytes")
-    elif type(value) is not int or not low <= value <= high:
+    elif type(value) is not int:
+        raise MalformedMessage("expected an integer")
+    elif name == "outcome":
+        if value not in Outcome._value2member_map_:
+            raise MalformedMessage("unknown outcome")
+    elif name == "refusal":
+        if value not in RefusalCode._value2member_map_:
+            raise MalformedMessage("unknown refusal code")
+    elif not low <= value <= high:
         raise MalformedMessage(f"expected an integer in {low}..{high}")
-    elif name == "outcome" and value not in Outcome._value2member_map_:
-        raise MalformedMessage("unknown outcome")
-    elif name == "refusal" and value not in RefusalCode._value2member_map_:
-        raise MalformedMessage("unknown refusal code")
