@@ -203,4 +203,52 @@ LABEL_POLICY: Final = b"pumpguard/1 limits policy"
 #: response (SPEC §12.2, §13.4).
 MAX_AUDIT_SIGNED_LEN: Final = 200
 
-# ======================================================================
+
+# =============================================================================
+# Integer ranges and the CBOR map keys of signed bodies.  Every other module
+# names these; none restates a key, a length or a range.
+# =============================================================================
+
+# --- Integer ranges ---------------------------------------------------------
+
+#: Largest value of a uint32 field: a policy version, a dose in pulses, an
+#: audit seq.
+UINT32_MAX: Final = 0xFFFF_FFFF
+#: Largest CBOR unsigned integer (RFC 8949 §3.1, major type 0); the most
+#: negative CBOR integer is ``-1 - UINT64_MAX``.
+UINT64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
+#: An Ed25519 private key seed as the pump stores its audit key (RFC 8032 §5.1.5).
+ED25519_SEED_LEN: Final = 32
+
+# --- Limits policy body (SPEC §12.5) ----------------------------------------
+#
+#   policy = {1: pump-id (bstr .size 8), 2: version (uint .le 4294967295),
+#             3: max-bolus-pulses, 4: max-1h-pulses, 5: max-24h-pulses}
+
+POLICY_KEY_PUMP_ID: Final = 1
+POLICY_KEY_VERSION: Final = 2
+POLICY_KEY_MAX_BOLUS: Final = 3
+POLICY_KEY_MAX_1H: Final = 4
+POLICY_KEY_MAX_24H: Final = 5
+
+# --- Audit entry (SPEC §13.4) -----------------------------------------------
+#
+#   audit-entry = {1: seq, 2: uptime_ms, 3: event, 4: {* name => value}, 5: prev_hash}
+#
+# signed by Ed25519 over SHA-256(entry); prev_hash is HASH_LEN bytes.
+
+AUDIT_KEY_SEQ: Final = 1
+AUDIT_KEY_UPTIME_MS: Final = 2
+AUDIT_KEY_EVENT: Final = 3
+AUDIT_KEY_FIELDS: Final = 4
+AUDIT_KEY_PREV_HASH: Final = 5
+#: Largest entry (CBOR bytes): what is left of the signed form after the signature.
+MAX_AUDIT_ENTRY_LEN: Final = MAX_AUDIT_SIGNED_LEN - ED25519_SIGNATURE_LEN
+#: Longest event name and field name, in characters.
+MAX_AUDIT_NAME_LEN: Final = 32
+#: Longest text or bytes field value.
+MAX_AUDIT_VALUE_LEN: Final = 64
+#: Most fields in one entry.
+MAX_AUDIT_FIELDS: Final = 16
+#: Largest seq.  Seqs never wrap: an append past it is refused.
+MAX_AUDIT_SEQ: Final = UINT32_MAX
