@@ -140,5 +140,10 @@ def verify_policy(
     if any(type(value) is not int for value in values):
         raise PolicyInvalid("policy limits must be integers")
     policy = LimitPolicy(*values)
-    policy.check_bounds()
+    # One signed byte string means one policy to every parser: anything but
+    # the deterministic encoding (duplicate or unsorted keys, long-form
+    # lengths, indefinite items, tags, 1.0 for 1) is refused, so two
+    # implementations can never read different limits from the same signature.
+    if encode_policy(policy, for_pump=for_pump) != policy_bytes:
+        raise PolicyInvalid("policy is not in deterministic CBOR")
     return policy

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
+import cbor2
 import pytest
 from cbor_reference import cbor, cbor_items, head
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -332,27 +333,21 @@ NON_DETERMINISTIC: Final[dict[str, str]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="protocol/policy.py accepts non-deterministic CBOR (SPEC §12.5); fix belongs there",
-)
 @pytest.mark.parametrize("hex_bytes", NON_DETERMINISTIC.values(), ids=list(NON_DETERMINISTIC))
 def test_only_the_deterministic_encoding_of_a_policy_is_accepted(hex_bytes: str) -> None:
     """SPEC §12.5: the policy is deterministic CBOR; any other byte form is refused,
-    even when signed, so every signed policy means one thing to every parser.
-
-    Strict xfail: this fails (XPASS) as soon as policy.py refuses these;
-    then remove the marker."""
+    even when signed, so every signed policy means one thing to every parser."""
     with pytest.raises(PolicyInvalid):
         verify(bytes.fromhex(hex_bytes))
 
 
-def test_the_deterministic_forms_above_are_otherwise_valid() -> None:
-    """The cases of the xfail above differ from GOLDEN_BODY only in byte form."""
+def test_the_non_deterministic_forms_above_differ_from_the_golden_body_only_in_form() -> None:
+    """The cases above mean the golden policy to a lenient parser: they are refused
+    for their byte form alone, not for what they say."""
+    golden = cbor2.loads(GOLDEN_BODY)
     for name, hex_bytes in NON_DETERMINISTIC.items():
         if name != "duplicate-key-different-values":
-            assert verify(bytes.fromhex(hex_bytes)) == GOLDEN_POLICY, name
+            assert cbor2.loads(bytes.fromhex(hex_bytes)) == golden, name
 
 
 # --- Properties (SPEC §10.1) ---------------------------------------------------------------
