@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, TypeVar
 
 from pumpguard.protocol import (
     AuthenticationFailed,
@@ -53,6 +53,7 @@ from pumpguard.protocol import (
     RecordType,
     RefusalCode,
     Refused,
+    Request,
     SecureSession,
     Status,
     StatusRequest,
@@ -111,18 +112,6 @@ UNASSIGNED_ID: Final = 0
 #: Random bytes that pick the first request id: enough to reach every id up
 #: to ``wire.MAX_REQUEST_ID``, so two clients in turn are unlikely to reuse ids.
 _REQUEST_ID_SEED_LEN: Final = (wire.MAX_REQUEST_ID.bit_length() + 7) // 8
-
-#: The messages a remote sends: what :meth:`RemoteClient.request` takes.
-Request: TypeAlias = (
-    StatusRequest
-    | BolusPrepare
-    | BolusCommit
-    | CommandQuery
-    | BolusCancel
-    | HistoryRequest
-    | PolicyUpload
-    | Unpair
-)
 
 _Response = TypeVar("_Response", bound=Message)
 

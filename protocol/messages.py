@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeAlias
 
 import cbor2
 
@@ -30,13 +30,12 @@ from .wire import (
     MAX_POLICY_LEN,
     MAX_REQUEST_ID,
     PUMP_ID_LEN,
+    UINT32_MAX,
+    UINT64_MAX,
     MessageType,
     Outcome,
     RefusalCode,
 )
-
-_UINT32: Final = 0xFFFF_FFFF
-_UINT64: Final = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class MalformedMessage(RemoteProtocolError):
@@ -54,8 +53,8 @@ class MalformedMessage(RemoteProtocolError):
 #                      membership is the check).
 _Kind = tuple[str, int, int]
 _U16: Final[_Kind] = ("uint", 0, MAX_REQUEST_ID)
-_U32: Final[_Kind] = ("uint", 0, _UINT32)
-_U64: Final[_Kind] = ("uint", 0, _UINT64)
+_U32: Final[_Kind] = ("uint", 0, UINT32_MAX)
+_U64: Final[_Kind] = ("uint", 0, UINT64_MAX)
 _CMD_ID: Final[_Kind] = ("bytes", COMMAND_ID_LEN, COMMAND_ID_LEN)
 _CHALLENGE: Final[_Kind] = ("bytes", CHALLENGE_LEN, CHALLENGE_LEN)
 _OUTCOME: Final[_Kind] = ("outcome", min(Outcome), max(Outcome))
@@ -150,6 +149,20 @@ class Unpair(Message):
     TYPE = MessageType.UNPAIR
     SCHEMA = ()
     request_id: int
+
+
+#: Every message a remote sends (types below 0x80): what the pump's command
+#: table dispatches and what ``RemoteClient.request`` takes.
+Request: TypeAlias = (
+    StatusRequest
+    | BolusPrepare
+    | BolusCommit
+    | CommandQuery
+    | BolusCancel
+    | HistoryRequest
+    | PolicyUpload
+    | Unpair
+)
 
 
 @dataclass(frozen=True)
