@@ -167,7 +167,7 @@ Request: TypeAlias = (
 
 @dataclass(frozen=True)
 class Status(Message):
-    """``status = [0x81, request-id, remote-bolus-enabled: bool, state: uint,
+    """``status = [0x81, request-id, remote-bolus-enabled: bool, state: u32,
     bolus-pulses: uint, basal-pulses: uint, reservoir-pulses: uint,
     active-command-id: bstr .size (0 / 16), active-requested: uint, active-delivered: uint,
     alarms: uint (bit set), limits-version: uint, max-bolus: uint, max-1h: uint,
