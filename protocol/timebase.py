@@ -1,4 +1,4 @@
-"""Seconds in, milliseconds out: the one place time changes unit (SPEC §4).
+"""Seconds in, milliseconds out: the one place time changes unit.
 
 The sans-I/O core and the firmware are handed ``now`` as float seconds (a
 monotonic clock), while every stamp that is stored or sent is an integer
