@@ -9,6 +9,12 @@ The terminal is the pump's front panel: what the pump shows is printed, and
 the flags stand in for a person at the pump, each announcing loudly what it
 simulates.  Exit status: 0 success, 2 usage, port or state-directory error,
 1 a log that does not verify.
+
+Once running, the pump stops only on SIGTERM or SIGINT.  Losing the port
+afterwards (a hang-up, a vanished device, a peer that stops reading) is a
+link event, not the end of therapy (SPEC §3.1): the running pump reports its
+link and loop in ``DIR/pumpsim.live.json``, which ``pumpsim status`` shows as
+``link`` and ``loop``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -34,10 +41,15 @@ from . import offline
 from .legacy import LegacyPump
 from .panel import Button, PanelEvent
 from .pump import Pump, PumpMode
-from .runner import Firmware, ScaledClock, run_pump
+from .runner import Firmware, LinkSupervisor, Port, ScaledClock, StorageFaults, run_pump
 from .uart import Uart, UartError
 
 log = logging.getLogger("pumpguard.pumpsim")
+
+#: What the running pump reports about its link and loop, in the state directory.
+LIVE_FILE = "pumpsim.live.json"
+#: The live report is rewritten when it changes, at most this often.
+LIVE_INTERVAL_S = 0.5
 
 
 class CliError(Exception):
@@ -136,7 +148,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.verbose:
         pump.on_record = _log_record
     announce = f"[pump] running on {args.port}, state in {args.state}, time scale {args.time_scale}"
-    return _serve(pump, uart, clock, closers=(flash, motor), announce=announce)
+
+    def alarm(text: str) -> None:
+        pump.panel.show("alarm", text)
+
+    return _serve(
+        pump, uart, clock, state=args.state, closers=(flash, motor), announce=announce, alarm=alarm
+    )
 
 
 def _run_legacy(args: argparse.Namespace) -> int:
@@ -152,7 +170,7 @@ def _run_legacy(args: argparse.Namespace) -> int:
         f"[pump] LEGACY MODE: the recalled, unprotected design, serial {serial.hex()}. "
         "Anyone who knows the serial can command this pump; recordings replay for ever."
     )
-    return _serve(pump, uart, clock, closers=(motor,), announce=announce)
+    return _serve(pump, uart, clock, state=args.state, closers=(motor,), announce=announce)
 
 
 def _serve(
@@ -160,29 +178,126 @@ def _serve(
     uart: Uart,
     clock: ScaledClock,
     *,
+    state: Path,
     closers: Sequence[Closable],
     announce: str,
+    alarm: Callable[[str], None] | None = None,
 ) -> int:
-    """Run the firmware's loop on the UART until SIGTERM or SIGINT, then close everything."""
+    """Run the firmware's loop on the UART until SIGTERM or SIGINT, then close everything.
+
+    Nothing on the link ends the loop (SPEC §3.1): the port is supervised,
+    and reopened whenever it comes back.
+    """
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def reopen() -> Port:
+        return Uart(uart.port)
+
+    def show_alarm(text: str) -> None:
+        if alarm is not None:
+            alarm(text)
+        else:
+            _say(f"[pump display] alarm: {text}")
+
+    link = LinkSupervisor(uart, reopen, name=uart.port)
+    faults = StorageFaults(alarm=show_alarm)
+    live = LiveReport(state / LIVE_FILE, link, faults)
+
+    def read(timeout: float) -> bytes:
+        data = link.read(timeout)
+        live.update()
+        return data
+
     # Handlers first: whoever waits for the announcement may signal at once.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    live.update(force=True)
     _say(announce)
     try:
-        run_pump(firmware, read=uart.read, write=uart.write, clock=clock, stop=stop)
-    except UartError as exc:
-        raise CliError(str(exc)) from None
+        run_pump(firmware, read=read, write=link.write, clock=clock, stop=stop, faults=faults)
     finally:
-        uart.close()
+        link.close()
+        live.update(force=True)
         for closer in closers:
             closer.close()
     _say("[pump] stopped")
     return 0
+
+
+class LiveReport:
+    """``DIR/pumpsim.live.json``: the running pump's link and loop, for ``pumpsim status``.
+
+    Rewritten atomically when it changes, at most every :data:`LIVE_INTERVAL_S`;
+    a state directory that cannot take it is logged once and otherwise ignored
+    (the report is for the operator, the therapy does not depend on it).
+    """
+
+    def __init__(self, path: Path, link: LinkSupervisor, faults: StorageFaults) -> None:
+        self._path = path
+        self._link = link
+        self._faults = faults
+        self._written: dict[str, Any] | None = None
+        self._written_at = -LIVE_INTERVAL_S
+        self._failed = False
+
+    def update(self, *, force: bool = False) -> None:
+        report = {
+            "pid": os.getpid(),
+            "port": self._link.name,
+            "link": self._link.stats.to_json(),
+            "loop": self._faults.to_json(),
+        }
+        now = time.monotonic()
+        if report == self._written or (not force and now - self._written_at < LIVE_INTERVAL_S):
+            return
+        self._written, self._written_at = report, now
+        temporary = self._path.with_name(f".{self._path.name}.tmp")
+        try:
+            temporary.write_text(json.dumps({**report, "updated": time.time()}, sort_keys=True))
+            os.replace(temporary, self._path)
+        except OSError as exc:
+            if not self._failed:
+                self._failed = True
+                log.warning("cannot write %s: %s", self._path, exc.strerror)
+
+
+def _read_live(state: Path) -> dict[str, Any]:
+    """The ``link`` and ``loop`` objects of ``pumpsim status`` (empty if pumpsim never ran)."""
+    path = state / LIVE_FILE
+    try:
+        report = json.loads(path.read_text())
+        link, loop, pid = report["link"], report["loop"], report["pid"]
+        if not (isinstance(link, dict) and isinstance(loop, dict) and isinstance(pid, int)):
+            raise TypeError
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        print(f"pumpsim: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return {}
+    except (ValueError, KeyError, TypeError):
+        print(f"pumpsim: ignoring {path}: not a pumpsim live report", file=sys.stderr)
+        return {}
+    running = link.get("state") != "closed" and _process_exists(pid)
+    return {
+        "link": {**link, "port": report.get("port")},
+        "loop": {**loop, "running": running, "updated": report.get("updated")},
+    }
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a killed pumpsim leaves its report behind)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Closable(Protocol):
@@ -236,6 +351,7 @@ def _read_prescriber(path: Path) -> bytes:
 
 def _status(args: argparse.Namespace) -> int:
     status = offline.read_status(args.state)
+    status.update(_read_live(args.state))
     if args.json:
         print(json.dumps(status, sort_keys=True))
     else:

@@ -2,15 +2,44 @@
 
 Shared by ``pumpsim`` (over a UART) and by in-process runs (the demo and
 tests, over an in-memory link), so both exercise the same loop.
+
+Theory of operation
+-------------------
+
+A pump's therapy loop outlives its link (SPEC §3.1): the link is optional,
+insulin is not.  Two things keep the loop running whatever happens around it:
+
+* :class:`LinkSupervisor` sits between the loop and the UART driver
+  (:mod:`firmware_sim.uart`).  A hang-up, a vanished device or a peer that
+  stops reading is a *link event*: logged in one line, counted in
+  :class:`LinkStats`, and answered by closing the port and polling for it
+  again with backoff, or by dropping output nobody takes.  Output waits in
+  a buffer of at most :data:`MAX_PENDING_OUTPUT` bytes, so a stalled peer
+  costs no memory.  Its ``read`` and ``write`` never raise.
+* :func:`run_pump` contains a :class:`~firmware_sim.flash.StorageError`
+  that escapes the pump, as a last line of defence: the pump is meant to
+  handle storage faults itself (its safe state); if one still reaches the
+  loop it is logged, counted in :class:`StorageFaults` and shown as an
+  alarm, and the next tick runs, so basal goes on.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from pumpguard.protocol import wire
+
+from .flash import StorageError
+from .uart import UartError, WriteTimeout
+
+log = logging.getLogger("pumpguard.loop")
 
 
 class Firmware(Protocol):
@@ -23,6 +52,18 @@ class Firmware(Protocol):
 
 #: How long the loop waits for link bytes before ticking anyway.
 TICK_INTERVAL_S = 0.02
+#: Output waiting for a slow or stalled port, at most (a UART's transmit
+#: buffer): four largest frames.  Output that does not fit is dropped whole.
+MAX_PENDING_OUTPUT = 4 * (wire.MAX_ENCODED_FRAME_LEN + 1)
+#: A port that takes none of the pending output for this long has stalled:
+#: the output is dropped and a write timeout counted.
+WRITE_STALL_S = 2.0
+#: Polling for a lost port: the first retry, doubling up to the last interval.
+REOPEN_FIRST_S = 0.1
+REOPEN_MAX_S = 1.0
+#: A storage fault that keeps recurring is logged and shown at most this
+#: often on the pump's clock (every occurrence is counted).
+FAULT_REPORT_INTERVAL_S = 60.0
 
 
 class ScaledClock:
@@ -52,6 +93,279 @@ class ScaledClock:
         return self._base_value + (self._source() - self._base_source) * self._scale
 
 
+# --- the link ---------------------------------------------------------------------------
+
+
+class LinkState(enum.Enum):
+    """What the supervised port is doing."""
+
+    #: Open and taking output.
+    UP = "up"
+    #: Open, but the peer took nothing for :data:`WRITE_STALL_S`.
+    STALLED = "stalled"
+    #: Lost; being polled for with backoff.
+    DOWN = "down"
+    #: Released: the loop has stopped.
+    CLOSED = "closed"
+
+
+@dataclass
+class LinkStats:
+    """Link events since the loop started (``pumpsim status --json``: ``link``)."""
+
+    state: LinkState = LinkState.UP
+    #: The port hung up, vanished or failed.
+    hangups: int = 0
+    #: The port took no output for :data:`WRITE_STALL_S`.
+    write_timeouts: int = 0
+    #: The port came back after a hang-up.
+    reopens: int = 0
+    #: Output never sent: link down, buffer full, or dropped at a stall.
+    dropped_bytes: int = 0
+    #: Output waiting in the buffer now (at most :data:`MAX_PENDING_OUTPUT`).
+    pending_bytes: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "hangups": self.hangups,
+            "write_timeouts": self.write_timeouts,
+            "reopens": self.reopens,
+            "dropped_bytes": self.dropped_bytes,
+            "pending_bytes": self.pending_bytes,
+        }
+
+
+class Port(Protocol):
+    """What the supervisor drives: :class:`~firmware_sim.uart.Uart`.
+
+    ``read`` and ``write_nowait`` raise :class:`~firmware_sim.uart.UartError`
+    (:class:`~firmware_sim.uart.WriteTimeout` for a stalled write).
+    """
+
+    def read(self, timeout: float) -> bytes: ...
+    def write_nowait(self, data: bytes) -> int: ...
+    def close(self) -> None: ...
+
+
+class LinkSupervisor:
+    """The loop's link: a port that comes and goes, behind calls that never raise.
+
+    Args:
+        port: the port, open.
+        open_port: opens it again after it was lost (raises
+            :class:`~firmware_sim.uart.UartError` while it is not there).
+        name: the port's name, for log lines.
+        clock, sleep: real monotonic time, injected for tests (the stall and
+            the reopen backoff are properties of the wire, not of the pump's
+            possibly scaled clock).
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        open_port: Callable[[], Port],
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._open_port = open_port
+        self._name = name
+        self._port: Port | None = port
+        self._clock = clock
+        self._sleep = sleep
+        self.stats = LinkStats()
+        self._pending = bytearray()
+        # When the pending output last moved (or started waiting).
+        self._progress_at = clock()
+        # Whether the last byte written ended a frame; if not, a frame was cut
+        # short and the next output starts with a delimiter (SPEC §3 rule 1).
+        self._mid_frame = False
+        self._resync = False
+        self._backoff = REOPEN_FIRST_S
+        self._reopen_at = clock()
+        # One log line per episode: the first drop, the first failed reopen.
+        self._drop_logged = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def port(self) -> Port | None:
+        """The open port, or None while the link is down."""
+        return self._port
+
+    def read(self, timeout: float) -> bytes:
+        """Send what is pending, then whatever arrived within ``timeout`` s.
+
+        While the link is down this polls for the port and waits out
+        ``timeout`` instead, so the loop keeps its pace.  Never raises.
+        """
+        self._flush()
+        if self._port is None:
+            self._try_reopen()
+        port = self._port
+        if port is None:
+            self._sleep(timeout)
+            return b""
+        try:
+            return port.read(timeout)
+        except UartError as exc:
+            self._lose(exc)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` (whole frames) for the port and send what it takes now.
+
+        Dropped, and counted, if the link is down or the buffer cannot take
+        all of it.  Never raises.
+        """
+        if not data:
+            return
+        if self._port is None:
+            self.stats.dropped_bytes += len(data)
+            return
+        if self._resync:
+            data = b"\x00" + data
+        if len(self._pending) + len(data) > MAX_PENDING_OUTPUT:
+            self.stats.dropped_bytes += len(data)
+            if not self._drop_logged:
+                self._drop_logged = True
+                log.warning(
+                    "link: %s is not taking output; frames dropped until it does", self._name
+                )
+            return
+        self._resync = False
+        if not self._pending:
+            self._progress_at = self._clock()
+        self._pending += data
+        self._update_pending()
+        self._flush()
+
+    def close(self) -> None:
+        """Release the port for good (the loop has stopped)."""
+        self._close_port()
+        self.stats.state = LinkState.CLOSED
+
+    def _close_port(self) -> None:
+        if self._port is not None:
+            self._port.close()
+            self._port = None
+
+    def _update_pending(self) -> None:
+        self.stats.pending_bytes = len(self._pending)
+
+    def _flush(self) -> None:
+        port = self._port
+        if port is None or not self._pending:
+            return
+        try:
+            sent = port.write_nowait(bytes(self._pending))
+        except WriteTimeout:
+            # Part of the pending output may have gone: resynchronise the peer.
+            self._mid_frame = True
+            self._stalled()
+            return
+        except UartError as exc:
+            self._lose(exc)
+            return
+        now = self._clock()
+        if sent > 0:
+            self._mid_frame = self._pending[sent - 1] != 0
+            del self._pending[:sent]
+            self._update_pending()
+            self._progress_at = now
+            self._drop_logged = False
+            if self.stats.state is LinkState.STALLED:
+                self.stats.state = LinkState.UP
+                log.warning("link: %s takes output again", self._name)
+        elif now - self._progress_at >= WRITE_STALL_S:
+            self._stalled()
+
+    def _drop_pending(self) -> None:
+        self.stats.dropped_bytes += len(self._pending)
+        self._pending.clear()
+        self._update_pending()
+
+    def _stalled(self) -> None:
+        self.stats.write_timeouts += 1
+        dropped = len(self._pending)
+        self._drop_pending()
+        self._resync = self._resync or self._mid_frame
+        self._progress_at = self._clock()
+        if self.stats.state is not LinkState.STALLED:
+            self.stats.state = LinkState.STALLED
+            log.warning(
+                "link: write timeout on %s (peer not reading); %d bytes of output dropped, "
+                "therapy continues",
+                self._name,
+                dropped,
+            )
+
+    def _lose(self, exc: UartError) -> None:
+        self.stats.hangups += 1
+        self.stats.state = LinkState.DOWN
+        self._drop_pending()
+        self._close_port()
+        self._backoff = REOPEN_FIRST_S
+        self._reopen_at = self._clock() + self._backoff
+        self._drop_logged = False
+        log.warning("link lost: %s; therapy continues, polling for the port", exc)
+
+    def _try_reopen(self) -> None:
+        now = self._clock()
+        if now < self._reopen_at:
+            return
+        try:
+            port = self._open_port()
+        except UartError:
+            self._backoff = min(self._backoff * 2, REOPEN_MAX_S)
+            self._reopen_at = now + self._backoff
+            return
+        self._port = port
+        self._mid_frame = False
+        # The peer may hold part of a frame from before the loss.
+        self._resync = True
+        self._progress_at = now
+        self.stats.reopens += 1
+        self.stats.state = LinkState.UP
+        log.warning("link: %s is back (reopen %d)", self._name, self.stats.reopens)
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class StorageFaults:
+    """Storage faults that escaped the pump into the loop (``pumpsim status``: ``loop``).
+
+    ``alarm`` is called with a line for the pump's display when one is
+    reported (the first, then at most every :data:`FAULT_REPORT_INTERVAL_S`).
+    """
+
+    alarm: Callable[[str], None] | None = None
+    count: int = 0
+    last: str | None = None
+    _reported_at: float | None = field(default=None, repr=False)
+
+    def contain(self, exc: StorageError, now: float) -> None:
+        self.count += 1
+        self.last = f"{type(exc).__name__}: {exc}"
+        if self._reported_at is not None and now - self._reported_at < FAULT_REPORT_INTERVAL_S:
+            return
+        self._reported_at = now
+        log.error(
+            "STORAGE FAULT in the pump loop (%d so far): %s; basal continues", self.count, self.last
+        )
+        if self.alarm is not None:
+            self.alarm("STORAGE FAULT: storage failing; basal continues, service the pump")
+
+    def to_json(self) -> dict[str, object]:
+        return {"storage_faults": self.count, "last_storage_fault": self.last}
+
+
 def run_pump(
     pump: Firmware,
     *,
@@ -59,14 +373,28 @@ def run_pump(
     write: Callable[[bytes], None],
     clock: Callable[[], float],
     stop: threading.Event,
+    faults: StorageFaults | None = None,
 ) -> None:
-    """Run until ``stop`` is set.  Link errors propagate to the caller."""
+    """Run until ``stop`` is set.
+
+    A :class:`~firmware_sim.flash.StorageError` out of the pump is contained
+    (``faults``, see the module docstring); errors of ``read`` and ``write``
+    propagate (``pumpsim`` hands in a :class:`LinkSupervisor`'s, which do
+    not raise).
+    """
+    faults = StorageFaults() if faults is None else faults
     while not stop.is_set():
         data = read(TICK_INTERVAL_S)
         now = clock()
         if data:
-            pump.receive_data(data, now)
-        pump.tick(now)
+            try:
+                pump.receive_data(data, now)
+            except StorageError as exc:
+                faults.contain(exc, now)
+        try:
+            pump.tick(now)
+        except StorageError as exc:
+            faults.contain(exc, now)
         out = pump.data_to_send()
         if out:
             write(out)
