@@ -29,6 +29,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,10 +54,10 @@ class Firmware(Protocol):
 #: How long the loop waits for link bytes before ticking anyway.
 TICK_INTERVAL_S = 0.02
 #: Output waiting for a slow or stalled port, at most (a UART's transmit
-#: buffer): four largest frames.  Output that does not fit is dropped whole.
-MAX_PENDING_OUTPUT = 4 * (wire.MAX_ENCODED_FRAME_LEN + 1)
-#: A port that takes none of the pending output for this long has stalled:
-#: the output is dropped and a write timeout counted.
+#: buffer): sixteen largest frames.  Frames that do not fit are dropped whole.
+MAX_PENDING_OUTPUT = 16 * (wire.MAX_ENCODED_FRAME_LEN + 1)
+#: Output not all taken by the port this long after it was queued means the
+#: port has stalled: the pending output is dropped and a write timeout counted.
 WRITE_STALL_S = 2.0
 #: Polling for a lost port: the first retry, doubling up to the last interval.
 REOPEN_FIRST_S = 0.1
@@ -136,6 +137,14 @@ class LinkStats:
         }
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """One ``write`` still waiting for the port, in part or whole."""
+
+    left: int
+    queued_at: float
+
+
 class Port(Protocol):
     """What the supervisor drives: :class:`~firmware_sim.uart.Uart`.
 
@@ -177,15 +186,18 @@ class LinkSupervisor:
         self._sleep = sleep
         self.stats = LinkStats()
         self._pending = bytearray()
-        # When the pending output last moved (or started waiting).
-        self._progress_at = clock()
+        # When each chunk still (partly) in ``_pending`` was queued, oldest
+        # first, with its length left to send: the oldest one's age is what
+        # a stall is measured by, so a port that takes a byte now and then
+        # stalls as surely as one that takes none.
+        self._queued: deque[_Chunk] = deque()
         # Whether the last byte written ended a frame; if not, a frame was cut
         # short and the next output starts with a delimiter (SPEC §3 rule 1).
         self._mid_frame = False
         self._resync = False
         self._backoff = REOPEN_FIRST_S
         self._reopen_at = clock()
-        # One log line per episode: the first drop, the first failed reopen.
+        # One log line per episode of dropping output (until it catches up).
         self._drop_logged = False
 
     @property
@@ -217,10 +229,11 @@ class LinkSupervisor:
             return b""
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` (whole frames) for the port and send what it takes now.
+        """Send ``data`` (whole frames), or as much as the port takes now.
 
-        Dropped, and counted, if the link is down or the buffer cannot take
-        all of it.  Never raises.
+        The rest waits in the buffer; the newest frames it has no room for
+        are dropped whole, and counted, as is everything while the link is
+        down.  Never raises.
         """
         if not data:
             return
@@ -228,21 +241,35 @@ class LinkSupervisor:
             self.stats.dropped_bytes += len(data)
             return
         if self._resync:
+            self._resync = False
             data = b"\x00" + data
-        if len(self._pending) + len(data) > MAX_PENDING_OUTPUT:
-            self.stats.dropped_bytes += len(data)
-            if not self._drop_logged:
-                self._drop_logged = True
-                log.warning(
-                    "link: %s is not taking output; frames dropped until it does", self._name
-                )
-            return
-        self._resync = False
-        if not self._pending:
-            self._progress_at = self._clock()
+        self._queued.append(_Chunk(len(data), self._clock()))
         self._pending += data
-        self._update_pending()
         self._flush()
+        self._trim()
+        self._update_pending()
+
+    def _trim(self) -> None:
+        """Bound the buffer: keep the oldest whole frames that fit (SPEC §3)."""
+        if len(self._pending) <= MAX_PENDING_OUTPUT:
+            return
+        keep = self._pending.rfind(b"\x00", 0, MAX_PENDING_OUTPUT) + 1
+        dropped = len(self._pending) - keep
+        del self._pending[keep:]
+        self.stats.dropped_bytes += dropped
+        if not keep:
+            # Not even the head was a whole frame: the peer may hold part of it.
+            self._resync = self._resync or self._mid_frame
+        while dropped:
+            newest = self._queued[-1]
+            taken = min(dropped, newest.left)
+            newest.left -= taken
+            dropped -= taken
+            if not newest.left:
+                self._queued.pop()
+        if not self._drop_logged:
+            self._drop_logged = True
+            log.warning("link: %s is not taking output fast enough; frames dropped", self._name)
 
     def close(self) -> None:
         """Release the port for good (the loop has stopped)."""
@@ -271,22 +298,29 @@ class LinkSupervisor:
         except UartError as exc:
             self._lose(exc)
             return
-        now = self._clock()
         if sent > 0:
             self._mid_frame = self._pending[sent - 1] != 0
             del self._pending[:sent]
             self._update_pending()
-            self._progress_at = now
+            while sent > 0:
+                chunk = self._queued[0]
+                taken = min(sent, chunk.left)
+                chunk.left -= taken
+                sent -= taken
+                if not chunk.left:
+                    self._queued.popleft()
+        if not self._pending:
             self._drop_logged = False
             if self.stats.state is LinkState.STALLED:
                 self.stats.state = LinkState.UP
                 log.warning("link: %s takes output again", self._name)
-        elif now - self._progress_at >= WRITE_STALL_S:
+        elif self._clock() - self._queued[0].queued_at >= WRITE_STALL_S:
             self._stalled()
 
     def _drop_pending(self) -> None:
         self.stats.dropped_bytes += len(self._pending)
         self._pending.clear()
+        self._queued.clear()
         self._update_pending()
 
     def _stalled(self) -> None:
@@ -294,7 +328,6 @@ class LinkSupervisor:
         dropped = len(self._pending)
         self._drop_pending()
         self._resync = self._resync or self._mid_frame
-        self._progress_at = self._clock()
         if self.stats.state is not LinkState.STALLED:
             self.stats.state = LinkState.STALLED
             log.warning(
@@ -328,7 +361,6 @@ class LinkSupervisor:
         self._mid_frame = False
         # The peer may hold part of a frame from before the loss.
         self._resync = True
-        self._progress_at = now
         self.stats.reopens += 1
         self.stats.state = LinkState.UP
         log.warning("link: %s is back (reopen %d)", self._name, self.stats.reopens)

@@ -25,7 +25,10 @@ What these tests stop:
 * ``-v`` logs that leak keys, the pairing code, session keys or plaintext
   instead of only direction, type, length, counter and verdict (S12);
 * the motor moving without the ledger knowing, or the audit log missing a
-  delivery or an unpairing (S8, S10, S11).
+  delivery or an unpairing (S8, S10, S11);
+* ``pumpsim`` ending when its cable is pulled, or when the remote stops
+  reading, instead of counting a link event, delivering basal throughout and
+  taking the link back when it returns ([fail-safe] 8, SPEC §3.1).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import sys
 import sysconfig
 import threading
 import time
+import tty
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,12 +57,27 @@ import pytest
 from pumpguard.firmware_sim import config
 from pumpguard.firmware_sim.flash import Flash
 from pumpguard.firmware_sim.offline import FLASH_FILE
+from pumpguard.firmware_sim.runner import MAX_PENDING_OUTPUT
 from pumpguard.firmware_sim.state import decode_state
 from pumpguard.firmware_sim.store import SnapshotStore
 from pumpguard.host.journal import Journal, SettledCommand
-from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE
-from pumpguard.host.transport import create_vnull
-from pumpguard.protocol import Outcome, pulses_to_units
+from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE, KeyStore
+from pumpguard.host.transport import VirtualNullModem, create_vnull
+from pumpguard.protocol import (
+    FrameDecoder,
+    HandshakeInitiator,
+    Outcome,
+    ProtocolError,
+    RecordType,
+    SecureSession,
+    Status,
+    StatusRequest,
+    decode_message,
+    encode_frame,
+    encode_message,
+    paired_peer,
+    pulses_to_units,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs ptys (POSIX)")
 
@@ -209,9 +228,15 @@ def start_pump(cable: tuple[str, str], tmp_path: Path) -> Iterator[StartPump]:
     """Start ``pumpsim`` on the cable (state in ``tmp_path/state`` unless given)."""
     started: list[PumpSim] = []
 
-    def start(*flags: str, state: Path | None = None, prelude: str = "", **env: str) -> PumpSim:
+    def start(
+        *flags: str,
+        state: Path | None = None,
+        prelude: str = "",
+        port: str | None = None,
+        **env: str,
+    ) -> PumpSim:
         sim = PumpSim(
-            cable[0],
+            port or cable[0],
             state or tmp_path / "state",
             *flags,
             prelude=prelude,
@@ -898,3 +923,235 @@ def test_json_pair_prints_only_json_on_stdout(
         json.loads(line)
     # The human lines went to stderr instead.
     assert "pairing code:" in result.stderr
+
+
+# --- link loss: the therapy loop outlives its link ([fail-safe] 8) ---------
+
+
+class PumpSocket:
+    """The pump's end of the cable behind one fixed path, as udev's
+    ``/dev/serial/by-id/...`` names a USB adapter: :meth:`unplug` pulls the
+    cable (the pump's pty hangs up and its node vanishes), :meth:`plug` and
+    :meth:`plug_raw` put a new one in and point the path at it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._modem: VirtualNullModem | None = None
+        self._raw: list[int] = []
+
+    def plug(self) -> str:
+        """A new virtual null-modem cable (the old one pulled); returns the remote's end."""
+        self.unplug()
+        pump_end, remote_end, modem = create_vnull()
+        self._modem = modem
+        self._point_at(pump_end)
+        return remote_end
+
+    def plug_raw(self) -> int:
+        """A bare pty whose master the test holds (non-blocking): a remote
+        that reads only when the test says so (the old cable pulled)."""
+        self.unplug()
+        master, slave = os.openpty()
+        self._raw += [master, slave]  # the slave stays open: no hang-up meanwhile
+        for fd in (master, slave):
+            tty.setraw(fd)  # nothing echoed, nothing discarded: unread bytes stay
+        os.set_blocking(master, False)
+        self._point_at(os.ttyname(slave))
+        return master
+
+    def _point_at(self, device: str) -> None:
+        temporary = self.path.with_name(self.path.name + ".new")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(device)
+        temporary.replace(self.path)
+
+    def unplug(self) -> None:
+        if self._modem is not None:
+            self._modem.close()
+            self._modem = None
+        for fd in self._raw:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._raw = []
+
+
+@pytest.fixture
+def socket(tmp_path: Path) -> Iterator[PumpSocket]:
+    plug = PumpSocket(tmp_path / "pump-port")
+    try:
+        yield plug
+    finally:
+        plug.unplug()
+
+
+def wait_for_link(
+    sim: PumpSim, what: str, check: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Poll ``pumpsim status --json`` until ``check`` holds; fail at once if pumpsim died."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        assert sim.proc.poll() is None, f"pumpsim exited {sim.proc.returncode}:\n{sim.err.text}"
+        status = sim_status(sim.state)
+        if "link" in status and check(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"never saw {what}; last status: {status}\n{sim.err.text}")
+
+
+def basal_moves(sim: PumpSim, since: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the motor's own count to pass ``since`` (one basal pulse is 3.6 s at 50x)."""
+    return wait_for_link(
+        sim, "a basal pulse", lambda status: status["motor_pulses"] > since["motor_pulses"]
+    )
+
+
+def test_fail_safe_8_pumpsim_outlives_its_cable_pulled_and_plugged_back(
+    socket: PumpSocket, start_pump: StartPump, tmp_path: Path
+) -> None:
+    """[fail-safe] 8: pulling the cable (``pumpctl link vnull`` stopped) made pumpsim
+    exit within 0.2 s ("device reports readiness to read but returned no data")."""
+    keys = tmp_path / "keys"
+    remote = socket.plug()
+    sim = start_pump("--auto-confirm", "--remote-bolus", port=str(socket.path))
+    pair(remote, keys)
+    before = sim_status(sim.state)
+    assert before["link"]["state"] == "up"
+    assert before["loop"]["running"] is True
+
+    socket.unplug()
+    down = wait_for_link(sim, "the link down", lambda s: s["link"]["state"] == "down")
+    assert down["link"]["hangups"] == 1
+    # Therapy does not need the link: basal pulses go on while the cable is out.
+    basal_moves(sim, since=down)
+    assert sim.proc.poll() is None
+
+    remote = socket.plug()
+    back = wait_for_link(sim, "the link back", lambda s: s["link"]["reopens"] == 1)
+    assert back["link"]["state"] == "up"
+    assert back["link"]["hangups"] == 1
+    result = ctl(remote, keys, "--json", "status")
+    assert result.returncode == 0, result.stderr
+    [status] = json_lines(result.stdout)
+    assert status["basal_units_delivered"] > 0
+
+    sim.stop()
+    final = sim_status(sim.state)
+    motor_matches_ledger(final)
+    assert final["motor_pulses"] > down["motor_pulses"]
+    assert final["link"]["state"] == "closed"
+    assert final["loop"] == {**final["loop"], "running": False, "storage_faults": 0}
+    # One line per event on stderr, nothing more (and no secret: S12).
+    events = [line for line in sim.err.lines if "link" in line]
+    assert len(events) == 2, sim.err.text
+    assert "therapy continues" in events[0]
+    assert "is back" in events[1]
+
+
+def _send(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking pty master, failing instead of hanging."""
+    view = memoryview(data)
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while view:
+        assert time.monotonic() < deadline, "the pump stopped reading its port"
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            time.sleep(0.01)
+
+
+def _records(fd: int, decoder: FrameDecoder, wanted: Callable[[bytes], bool]) -> bytes:
+    """Read ``fd`` until a record ``wanted`` accepts arrives; skip everything else."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        while True:
+            try:
+                record = decoder.next_record()
+            except ProtocolError:
+                continue
+            if record is None:
+                break
+            if wanted(record):
+                return record
+        try:
+            decoder.receive_data(os.read(fd, 65536))
+        except BlockingIOError:
+            time.sleep(0.01)
+    raise AssertionError("the pump never answered")
+
+
+def _connect(fd: int, keys: Path, decoder: FrameDecoder) -> SecureSession:
+    """A handshake over the raw pty with the remote's keys, as ``pumpctl`` would (SPEC §6)."""
+    store = KeyStore.open(keys)
+    pairing = store.pairing()
+    assert pairing is not None
+    static = store.remote_static()
+    peer = paired_peer(static, pairing.pump_static, local_is_remote=True)
+    initiator = HandshakeInitiator(local_static=static, peer=peer, random_bytes=os.urandom)
+    _send(fd, encode_frame(initiator.start()))
+    reply = _records(fd, decoder, lambda r: r[:1] == bytes((RecordType.HANDSHAKE_RESP,)))
+    return SecureSession(initiator.finish(reply), established_at=time.monotonic())
+
+
+def test_fail_safe_8_a_remote_that_stops_reading_is_counted_not_fatal(
+    socket: PumpSocket, start_pump: StartPump, tmp_path: Path
+) -> None:
+    """[fail-safe] 8: a peer that stopped reading while replies were due made pumpsim
+    exit after about 2 s ("Write timeout")."""
+    keys = tmp_path / "keys"
+    remote = socket.plug()
+    sim = start_pump("--auto-confirm", "--remote-bolus", port=str(socket.path))
+    pair(remote, keys)
+    master = socket.plug_raw()
+    wait_for_link(sim, "the raw pty taken", lambda s: s["link"]["reopens"] == 1)
+
+    # A paired remote asks for its status over and over and never reads a reply.
+    decoder = FrameDecoder()
+    session = _connect(master, keys, decoder)
+    request_id = 0
+    stalled: dict[str, Any] = {}
+    for _batch in range(40):
+        flood = b""
+        for _ in range(100):
+            request_id += 1
+            flood += encode_frame(session.seal(encode_message(StatusRequest(request_id))))
+        _send(master, flood)
+        stalled = sim_status(sim.state)
+        if stalled.get("link", {}).get("write_timeouts", 0) >= 1:
+            break
+    stalled = wait_for_link(sim, "a write timeout", lambda s: s["link"]["write_timeouts"] >= 1)
+    link = stalled["link"]
+    assert link["state"] == "stalled"
+    assert link["hangups"] == 1  # the cable swap, nothing since
+    # Bounded: the pump holds at most its transmit buffer; the rest is dropped.
+    assert link["pending_bytes"] <= MAX_PENDING_OUTPUT
+    assert link["dropped_bytes"] > 0
+    # Basal is delivered while the remote is stuck.
+    basal_moves(sim, since=stalled)
+
+    # The remote reads again: the link recovers, and a new exchange works (S9).
+    while True:
+        try:
+            if not os.read(master, 65536):
+                break
+        except BlockingIOError:
+            break
+    decoder = FrameDecoder()
+    session = _connect(master, keys, decoder)
+    request_id += 1
+    _send(master, encode_frame(session.seal(encode_message(StatusRequest(request_id)))))
+
+    def is_reply(record: bytes) -> bool:
+        if record[:1] != bytes((RecordType.DATA,)):
+            return False
+        try:
+            reply = decode_message(session.open(record))
+        except ProtocolError:
+            return False
+        return isinstance(reply, Status) and reply.request_id == request_id
+
+    _records(master, decoder, is_reply)
+    flowing = wait_for_link(sim, "output flowing", lambda s: s["link"]["state"] == "up")
+    assert flowing["link"]["write_timeouts"] >= 1
+    sim.stop()
+    motor_matches_ledger(sim_status(sim.state))

@@ -420,6 +420,15 @@ def test_fail_safe_8_a_write_timeout_from_the_port_is_counted_not_fatal() -> Non
     assert wire.sent.count(b"\x00\x00") >= 1
 
 
+def test_fail_safe_8_a_burst_bigger_than_the_buffer_goes_out_whole_on_a_healthy_port() -> None:
+    """The buffer bounds what waits, not what a port that keeps up is handed."""
+    loop = Loop(ChattyFirmware(chatter=3 * MAX_PENDING_OUTPUT))
+    loop.run(20)
+    stats = loop.link.stats
+    assert (stats.write_timeouts, stats.dropped_bytes, stats.pending_bytes) == (0, 0, 0)
+    assert len(loop.wire.sent) >= 20 * 3 * MAX_PENDING_OUTPUT
+
+
 def test_fail_safe_8_a_slow_port_loses_nothing() -> None:
     """A port that takes a few bytes at a time is slow, not stalled: nothing is dropped."""
     loop = Loop(ChattyFirmware(chatter=30))
