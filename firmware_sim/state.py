@@ -55,9 +55,11 @@ committed ids in seq order and evicts the lowest first, raising
 * otherwise (seq 0, or a seq in between whose id is not held): never
   committed, and it never will be, since its seq is not above ``high-water``.
 
-When a remote is unpaired, its table becomes a tombstone at the next write
-(records dropped, ``forgotten-through`` raised to ``high-water``), so a remote
-unpaired at the pump and paired again with the same key still hears
+An unpaired remote's table is kept whole while room allows (a remote unpaired
+at the pump and paired again with the same key then still learns its
+outcomes); when more than ``MAX_REMOTES + 1`` tables would hold records, the
+least recently written unpaired one becomes a tombstone (records dropped,
+``forgotten-through`` raised to ``high-water``), so such a remote hears
 *evicted*, never *unknown*, for what it sent before.  At most
 ``MAX_OUTCOME_TABLES`` tables are kept; when a tombstone must go,
 ``tables-dropped`` is set for good, and from then on a remote with no table
@@ -249,16 +251,22 @@ class PersistentState:
         return replace(self, outcome_tables=self._retire(tables))
 
     def _retire(self, tables: list[RemoteOutcomes]) -> OutcomeTables:
-        """Tombstone the tables of unpaired remotes; drop the oldest tombstones over the cap."""
+        """Keep the tables within their bounds: tombstone unpaired remotes'
+        tables (least recently written first) while too many hold records,
+        and drop the oldest tombstones while there are too many tables."""
         paired = set(self.remotes)
-        kept = [
-            t
-            if t.remote in paired
-            or not t.records
-            or any(r.outcome is Outcome.IN_PROGRESS for r in t.records)
-            else t.tombstone()
-            for t in tables
-        ]
+        kept = list(tables)
+        while sum(1 for t in kept if t.records) > _MAX_TABLES_WITH_RECORDS:
+            # At most MAX_REMOTES paired tables and one bolus in progress hold
+            # records, so an unpaired, settled table is there to retire.
+            victim = next(
+                i
+                for i, t in enumerate(kept)
+                if t.records
+                and t.remote not in paired
+                and all(r.outcome is not Outcome.IN_PROGRESS for r in t.records)
+            )
+            kept[victim] = kept[victim].tombstone()
         dropped = self.outcome_tables.tables_dropped
         while len(kept) > MAX_OUTCOME_TABLES:
             victim = next(i for i, t in enumerate(kept) if not t.records and t.remote not in paired)
