@@ -132,16 +132,21 @@ from pumpguard.protocol.wire import (
     UINT32_MAX,
 )
 
-from .flash import Flash, FlashError, StorageError, is_erased
+from .flash import Flash, FlashError, FlashWorn, StorageError, StorageWorn, is_erased
 
 __all__ = [
+    "LOW_PRIORITY_EVENTS",
+    "REFUSALS_EVENT",
     "REJECTIONS_EVENT",
     "AuditEntry",
     "AuditLog",
     "AuditVerificationError",
     "FieldValue",
+    "StorageWorn",
     "VerifiedLog",
+    "low_priority_quota",
     "retained_entries",
+    "retained_protected",
     "verify_entries",
 ]
 
@@ -153,20 +158,62 @@ FRAME_OVERHEAD: Final = LENGTH_LEN + ED25519_SIGNATURE_LEN + CRC_LEN
 MAX_FRAME_LEN: Final = MAX_AUDIT_ENTRY_LEN + FRAME_OVERHEAD
 _NO_FRAME: Final = 0xFFFF
 
-# --- Rejection aggregation ----------------------------------------------------
+# --- Aggregated entries ---------------------------------------------------------
 
+#: Counts of refused link input (firmware_sim/link.py: bad frames, bad tags, replays).
 REJECTIONS_EVENT: Final = "rejections"
-#: A "rejections" entry is written at most this often by the timer ...
+#: Counts of commands a paired remote sent that the pump refused after
+#: authenticating them (over a limit, a bad or old policy).
+REFUSALS_EVENT: Final = "refusals"
+#: The low-priority events: aggregated counts, which may never evict a
+#: delivery or security record (the "protected" entries: every other event).
+LOW_PRIORITY_EVENTS: Final = frozenset({REJECTIONS_EVENT, REFUSALS_EVENT})
+#: An aggregated entry is written at most this often by the timer ...
 REJECTION_INTERVAL_MS: Final = 60_000
 #: ... the interval doubling up to this while no other entry is written.
 MAX_REJECTION_INTERVAL_MS: Final = 1 << 31
 #: Distinct kinds counted by name; further kinds are counted as "other".
-#: With kind names of at most 12 characters the fullest "rejections" entry
+#: With kind names of at most 12 characters the fullest aggregated entry
 #: is 131 bytes, within :data:`~pumpguard.protocol.wire.MAX_AUDIT_ENTRY_LEN`.
 MAX_REJECTION_KINDS: Final = 3
 MAX_KIND_LEN: Final = 12
 OTHER_KIND: Final = "other"
 _COUNT_LIMIT: Final = UINT32_MAX
+
+
+class _Tally:
+    """Counts of one aggregated event, in RAM, and when they are next due.
+
+    One class for both aggregated events: link rejections and authenticated
+    refusals count, bound and pace their entries the same way (module
+    docstring, "Floods").
+    """
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.pending: dict[str, int] = {}
+        self.last_write_ms: int | None = None
+        self.interval_ms = REJECTION_INTERVAL_MS
+
+    def count(self, kind: str) -> None:
+        if not isinstance(kind, str) or not 1 <= len(kind) <= MAX_KIND_LEN:
+            raise ValueError(f"rejection kind must be text of 1..{MAX_KIND_LEN} characters")
+        if kind in RESERVED_NAMES:
+            raise ValueError(f"rejection kind {kind!r} is reserved")
+        named = len(self.pending) - (OTHER_KIND in self.pending)
+        if kind not in self.pending and named >= MAX_REJECTION_KINDS:
+            kind = OTHER_KIND
+        self.pending[kind] = min(self.pending.get(kind, 0) + 1, _COUNT_LIMIT)
+
+    def due(self, now_ms: int) -> bool:
+        last = self.last_write_ms
+        return bool(self.pending) and (last is None or now_ms - last >= self.interval_ms)
+
+    def written(self, now_ms: int, *, by_timer: bool) -> None:
+        self.pending.clear()
+        self.last_write_ms = now_ms
+        if by_timer:
+            self.interval_ms = min(self.interval_ms * 2, MAX_REJECTION_INTERVAL_MS)
 
 
 def _frame(entry: bytes, signature: bytes) -> bytes:
@@ -213,6 +260,30 @@ class _Scan:
     append_at: int | None
 
 
+@dataclass(frozen=True)
+class _Indexed:
+    """Where one retained entry lies, and whether it is protected."""
+
+    seq: int
+    sector: int
+    offset: int
+    protected: bool
+
+
+def _protected(event: str) -> bool:
+    return event not in LOW_PRIORITY_EVENTS
+
+
+def low_priority_quota(sector_size: int) -> int:
+    """Most low-priority entries the ring retains at once: one sector's worth."""
+    return max(1, sector_size // MAX_FRAME_LEN)
+
+
+def retained_protected(sector_size: int, sector_count: int, frame_len: int) -> int:
+    """Protected entries of ``frame_len`` bytes the ring retains whatever else is written."""
+    return retained_entries(sector_size, sector_count, frame_len) - low_priority_quota(sector_size)
+
+
 class AuditLog:
     """The audit log in ``first_sector .. first_sector + sector_count - 1``.
 
@@ -221,6 +292,10 @@ class AuditLog:
     valid entry, for the first seq (default 0) -- a firmware that keeps a
     high-water mark elsewhere uses it so that a wiped log continues its
     numbering instead of restarting.
+
+    ``on_alert`` (settable) is called with one line for the user when
+    records the host has not read are about to be overwritten (module
+    docstring, "Unread records").
     """
 
     def __init__(
@@ -231,6 +306,7 @@ class AuditLog:
         signing_key: Ed25519PrivateKey,
         *,
         next_seq_source: Callable[[], int] | None = None,
+        on_alert: Callable[[str], None] | None = None,
     ) -> None:
         if sector_count < 2:
             raise ValueError("an audit log needs at least 2 sectors")
@@ -247,17 +323,21 @@ class AuditLog:
         self._size = flash.sector_size
         self._key = signing_key
         self._next_seq_source = next_seq_source
+        self.on_alert = on_alert
+        self._quota = low_priority_quota(flash.sector_size)
         self._next_seq = 0
         self._tail_hash = GENESIS_HASH
         self._current: int | None = None
         self._append_at: int | None = None
-        #: (seq, sector, offset) of each retained entry, in seq order: one
-        #: triple per entry the ring can hold.  A C port may walk the flash.
-        self._index: list[tuple[int, int, int]] = []
+        #: Each retained entry, in seq order: one item per entry the ring can
+        #: hold.  A C port may walk the flash instead.
+        self._index: list[_Indexed] = []
         self._loaded = False
-        self._pending: dict[str, int] = {}
-        self._last_rejection_ms: int | None = None
-        self._rejection_interval_ms = REJECTION_INTERVAL_MS
+        self._rejections = _Tally(REJECTIONS_EVENT)
+        self._refusals = _Tally(REFUSALS_EVENT)
+        #: The host has read every retained entry up to this seq (RAM only:
+        #: after a boot nothing counts as read, which only alerts earlier).
+        self._read_through = -1
         self._boot()
 
     # --- public API ---------------------------------------------------------
@@ -275,21 +355,48 @@ class AuditLog:
 
     @property
     def pending_rejections(self) -> Mapping[str, int]:
-        """Rejection counts not yet written (a copy)."""
-        return dict(self._pending)
+        """Link rejection counts not yet written (a copy)."""
+        return dict(self._rejections.pending)
+
+    @property
+    def pending_refusals(self) -> Mapping[str, int]:
+        """Authenticated refusal counts not yet written (a copy)."""
+        return dict(self._refusals.pending)
+
+    @property
+    def usable_sectors(self) -> int:
+        """Sectors of the ring that are not worn out."""
+        return sum(1 for sector in range(self._count) if not self._worn(sector))
+
+    @property
+    def unread_at_risk(self) -> int:
+        """Protected entries the host has not read in the sector the next erase evicts."""
+        self._ensure_loaded()
+        victim = self._next_sector()
+        if victim is None:
+            return 0
+        return sum(
+            1
+            for item in self._index
+            if item.sector == victim and item.protected and item.seq > self._read_through
+        )
 
     def append(self, event: str, fields: Mapping[str, FieldValue], now_ms: int) -> int:
         """Append one entry; it is durable when this returns.
 
-        Pending rejection counts are written first, as their own entry.
+        Pending aggregated counts are written first, as their own entries,
+        unless that would evict a protected entry or pass the low-priority
+        quota; then they stay pending (module docstring, "Floods").
 
         Returns:
             The entry's seq.
 
         Raises:
             ValueError: ``event`` or ``fields`` break the entry's bounds
-                (checked before anything is written).
+                (checked before anything is written), or ``event`` is one of
+                the aggregated events.
             StorageError: the seq would pass 2**32 - 1.
+            StorageWorn: no sector but the current one can still be erased.
             FlashError: the flash refused a write or read back wrong.
             PowerLoss: the power was cut; the entry may or may not be there.
         """
@@ -299,73 +406,76 @@ class AuditLog:
             check_uint(now_ms, "now_ms")
         except EntryMalformed as exc:
             raise ValueError(str(exc)) from None
+        if event in LOW_PRIORITY_EVENTS:
+            raise ValueError(f"{event!r} entries are written by the aggregation only")
         worst = encode_entry(MAX_AUDIT_SEQ, now_ms, event, checked, GENESIS_HASH)
         if len(worst) > MAX_AUDIT_ENTRY_LEN:
             raise ValueError(f"entry of {len(worst)} bytes exceeds {MAX_AUDIT_ENTRY_LEN}")
-        if self._pending:
-            self._write_rejections(now_ms)
+        self._flush(now_ms)
         seq = self._write(event, checked, now_ms)
-        self._rejection_interval_ms = REJECTION_INTERVAL_MS
+        assert seq is not None  # a protected entry is never deferred
+        self._rejections.interval_ms = REJECTION_INTERVAL_MS
+        self._refusals.interval_ms = REJECTION_INTERVAL_MS
         return seq
 
     def note_rejection(self, kind: str, now_ms: int) -> int | None:
-        """Count one rejected frame or command of ``kind``; write if due.
+        """Count one rejected frame or record of ``kind``; write if due.
 
         Returns:
-            The seq of a ``"rejections"`` entry if this call wrote one.
+            The seq of an entry if this call wrote one.
 
         Raises:
-            ValueError: ``kind`` is not 1..32 characters of text, or reserved.
+            ValueError: ``kind`` is not 1..12 characters of text, or reserved.
             As :meth:`append` when it writes.
         """
-        if not isinstance(kind, str) or not 1 <= len(kind) <= MAX_KIND_LEN:
-            raise ValueError(f"rejection kind must be text of 1..{MAX_KIND_LEN} characters")
-        if kind in RESERVED_NAMES:
-            raise ValueError(f"rejection kind {kind!r} is reserved")
-        named = len(self._pending) - (OTHER_KIND in self._pending)
-        if kind not in self._pending and named >= MAX_REJECTION_KINDS:
-            kind = OTHER_KIND
-        self._pending[kind] = min(self._pending.get(kind, 0) + 1, _COUNT_LIMIT)
+        self._rejections.count(kind)
+        return self.poll(now_ms)
+
+    def note_refusal(self, kind: str, now_ms: int) -> int | None:
+        """Count one authenticated command the pump refused (``kind``, e.g.
+        ``"over_limit"``); write if due.  As :meth:`note_rejection`."""
+        self._refusals.count(kind)
         return self.poll(now_ms)
 
     def poll(self, now_ms: int) -> int | None:
-        """Write the pending rejection counts if their interval has passed.
+        """Write the pending counts whose interval has passed.
 
         The firmware calls this from its main loop so that the last counts of
-        a flood are written even if no further rejection arrives.
+        a flood are written even if no further one arrives.
 
         Returns:
-            The seq of the entry written, if any.
+            The seq of the last entry written, if any.
         """
         try:
             check_uint(now_ms, "now_ms")
         except EntryMalformed as exc:
             raise ValueError(str(exc)) from None
-        if not self._pending:
-            return None
-        last = self._last_rejection_ms
-        if last is not None and now_ms - last < self._rejection_interval_ms:
-            return None
-        seq = self._write_rejections(now_ms)
-        self._rejection_interval_ms = min(
-            self._rejection_interval_ms * 2, MAX_REJECTION_INTERVAL_MS
-        )
+        seq = None
+        for tally in (self._rejections, self._refusals):
+            if tally.due(now_ms):
+                written = self._write_tally(tally, now_ms, by_timer=True)
+                seq = written if written is not None else seq
         return seq
 
     def entry_at_or_after(self, from_seq: int) -> tuple[bytes, int]:
         """For a History request: the signed form of the first retained entry
         with seq >= ``from_seq``, and the seq to ask for next.
 
+        An entry handed out to a host reading on from where it last read
+        (``from_seq`` at most one past the read mark) counts as read.
+
         Returns:
             ``(signed, seq + 1)``, or ``(b"", next_seq)`` when there is no
             such entry -- so the host also learns where the log ends.
         """
         self._ensure_loaded()
-        position = bisect.bisect_left(self._index, from_seq, key=lambda item: item[0])
-        for seq, sector, offset in self._index[position:]:
-            entry = self._read_entry(sector, offset)
-            if entry is not None and entry.seq == seq:
-                return entry.signed, seq + 1
+        position = bisect.bisect_left(self._index, from_seq, key=lambda item: item.seq)
+        for item in self._index[position:]:
+            entry = self._read_entry(item.sector, item.offset)
+            if entry is not None and entry.seq == item.seq:
+                if from_seq <= self._read_through + 1:
+                    self._read_through = max(self._read_through, item.seq)
+                return entry.signed, item.seq + 1
             # Damaged since boot: skip it; the host's verification sees the gap.
         return b"", self._next_seq
 
@@ -383,10 +493,16 @@ class AuditLog:
         if not self._loaded:
             self._boot()
 
+    def _worn(self, sector: int) -> bool:
+        return self._flash.is_worn(self._first + sector)
+
     def _boot(self) -> None:
         self._loaded = False
         scan = self._scan()
-        self._index = [(item.entry.seq, item.sector, item.offset) for item in scan.entries]
+        self._index = [
+            _Indexed(item.entry.seq, item.sector, item.offset, _protected(item.entry.event))
+            for item in scan.entries
+        ]
         if scan.entries:
             newest = scan.entries[-1]
             self._next_seq = newest.entry.seq + 1
@@ -401,44 +517,112 @@ class AuditLog:
             self._append_at = None
         self._loaded = True
 
-    def _write_rejections(self, now_ms: int) -> int:
-        counts = dict(self._pending)
-        seq = self._write(REJECTIONS_EVENT, counts, now_ms)
-        self._pending.clear()
-        self._last_rejection_ms = now_ms
+    def _flush(self, now_ms: int) -> None:
+        """Write every pending count now, where allowed (before another entry)."""
+        for tally in (self._rejections, self._refusals):
+            if tally.pending:
+                self._write_tally(tally, now_ms, by_timer=False)
+
+    def _write_tally(self, tally: _Tally, now_ms: int, *, by_timer: bool) -> int | None:
+        seq = self._write(tally.event, dict(tally.pending), now_ms)
+        if seq is not None:
+            tally.written(now_ms, by_timer=by_timer)
         return seq
 
-    def _write(self, event: str, fields: Mapping[str, FieldValue], now_ms: int) -> int:
+    def _next_sector(self) -> int | None:
+        """The sector a fresh-sector write would erase: the next usable one
+        after the current sector in ring order (None if there is none)."""
+        if self._current is None:
+            candidates = range(self._count)
+        else:
+            candidates = range(self._current + 1, self._current + self._count)
+        for candidate in candidates:
+            sector = candidate % self._count
+            if not self._worn(sector):
+                return sector
+        return None
+
+    def _low_priority_allowed(self, frame_len: int) -> bool:
+        """Whether a low-priority frame may be written now (module docstring, "Floods")."""
+        if self._fits(frame_len):
+            evicted: list[_Indexed] = []
+        else:
+            victim = self._next_sector()
+            if victim is None:
+                return False
+            evicted = [item for item in self._index if item.sector == victim]
+            if any(item.protected for item in evicted):
+                return False
+        low = sum(1 for item in self._index if not item.protected)
+        low -= sum(1 for item in evicted if not item.protected)
+        return low < self._quota
+
+    def _fits(self, frame_len: int) -> bool:
+        return (
+            self._current is not None
+            and self._append_at is not None
+            and self._append_at + frame_len <= self._size
+        )
+
+    def _write(self, event: str, fields: Mapping[str, FieldValue], now_ms: int) -> int | None:
+        """Write one entry; None if it is low-priority and may not be written now."""
         self._ensure_loaded()
         seq = self._next_seq
         if seq > MAX_AUDIT_SEQ:
             raise StorageError("audit sequence number exhausted")
         entry = sign_entry(seq, now_ms, event, fields, self._tail_hash, signing_key=self._key)
         frame = _frame(entry.raw, entry.signature)
+        protected = _protected(event)
+        if not protected and not self._low_priority_allowed(len(frame)):
+            return None
         self._loaded = False  # Until the frame is known to be complete.
-        if (
-            self._current is not None
-            and self._append_at is not None
-            and self._append_at + len(frame) <= self._size
-        ):
+        if self._fits(len(frame)):
+            assert self._current is not None
+            assert self._append_at is not None
             sector, offset = self._current, self._append_at
         else:
-            # Evict the oldest sector (or start the log in the first one).
-            sector = 0 if self._current is None else (self._current + 1) % self._count
-            offset = 0
-            self._index = [item for item in self._index if item[1] != sector]
-            self._flash.erase(self._first + sector)
+            sector, offset = self._open_sector(), 0
         address = (self._first + sector) * self._size + offset
         self._flash.program(address, frame)
         if self._flash.read(address, len(frame)) != frame:
             raise FlashError(f"audit frame at {address} read back wrong")
-        self._index.append((seq, sector, offset))
+        self._index.append(_Indexed(seq, sector, offset, protected))
         self._next_seq = seq + 1
         self._tail_hash = entry.digest
         self._current = sector
         self._append_at = offset + len(frame)
         self._loaded = True
+        if offset == 0:
+            self._warn_unread()
         return seq
+
+    def _open_sector(self) -> int:
+        """Erase the next usable sector (evicting the oldest entries, or
+        starting the log) and return it; a sector that wears out on the way
+        is retired and the next one tried.
+
+        Raises:
+            StorageWorn: no usable sector is left but the current one.
+        """
+        while True:
+            sector = self._next_sector()
+            if sector is None or sector == self._current:
+                raise StorageWorn("audit log: every sector but the current one is worn out")
+            self._index = [item for item in self._index if item.sector != sector]
+            try:
+                self._flash.erase(self._first + sector)
+            except FlashWorn:
+                # Retired: its entries count as evicted, here and at the next boot.
+                continue
+            return sector
+
+    def _warn_unread(self) -> None:
+        at_risk = self.unread_at_risk
+        if at_risk and self.on_alert is not None:
+            self.on_alert(
+                f"audit log nearly full: {at_risk} record(s) not yet read will be "
+                "overwritten soon - read the history from your remote"
+            )
 
     def _read_entry(self, sector: int, offset: int) -> AuditEntry | None:
         address = (self._first + sector) * self._size + offset
@@ -448,10 +632,15 @@ class AuditLog:
         return _entry_in_frame(self._flash.read(address, length + FRAME_OVERHEAD))
 
     def _scan(self) -> _Scan:
-        """Read every sector and apply the boot rules (module docstring)."""
+        """Read every usable sector and apply the boot rules (module docstring)."""
         per_sector: list[list[_Located]] = []
         clean_after: list[int | None] = []
         for sector in range(self._count):
+            if self._worn(sector):
+                # Retired: whatever it still holds was to be evicted.
+                per_sector.append([])
+                clean_after.append(None)
+                continue
             found, end_clean = self._scan_sector(sector)
             per_sector.append(found)
             clean_after.append(end_clean)

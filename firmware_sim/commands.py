@@ -81,7 +81,13 @@ from .audit import AuditLog
 from .delivery import Alarm, BolusEnded, DeliveryEngine, DeliveryState
 from .limits import BolusLedger, LimitExceeded
 from .panel import FrontPanel
-from .state import OutcomeRecord, PersistentState
+from .state import Known, OutcomeRecord, PersistentState, command_seq
+
+#: Kinds of authenticated refusal counted in the audit log's "refusals"
+#: entries (firmware_sim/audit.py, SPEC §13.4).
+REFUSAL_OVER_LIMIT: Final = "over_limit"
+REFUSAL_BAD_POLICY: Final = "bad_policy"
+REFUSAL_OLD_POLICY: Final = "old_policy"
 
 
 class PumpMode(enum.Enum):
@@ -135,7 +141,9 @@ class PumpCore(Protocol):
     def pump_id(self) -> bytes: ...
     @property
     def audit_public_key(self) -> bytes: ...
-    def start_bolus(self, command_id: bytes, pulses: int, now: float) -> OutcomeRecord: ...
+    def start_bolus(
+        self, command_id: bytes, pulses: int, now: float, *, remote: bytes
+    ) -> OutcomeRecord: ...
     def settle_bolus(self, ended: BolusEnded, now: float) -> OutcomeRecord: ...
     def adopt_policy(self, policy: LimitPolicy, now: float) -> None: ...
     def remove_remotes(self, remotes: list[bytes], now: float, by: str) -> None: ...
@@ -143,14 +151,21 @@ class PumpCore(Protocol):
 
 @dataclass
 class _Challenge:
+    remote: bytes
     command_id: bytes
     pulses: int
     challenge: bytes
     expires_at: float
 
-    def live_for(self, command_id: bytes, pulses: int, now: float) -> bool:
-        """Issued for exactly this id and dose, and not expired on the pump's clock."""
-        return self.command_id == command_id and self.pulses == pulses and now <= self.expires_at
+    def live_for(self, remote: bytes, command_id: bytes, pulses: int, now: float) -> bool:
+        """Issued to this remote for exactly this id and dose, and not expired
+        on the pump's clock."""
+        return (
+            self.remote == remote
+            and self.command_id == command_id
+            and self.pulses == pulses
+            and now <= self.expires_at
+        )
 
 
 class Commands:
@@ -207,7 +222,7 @@ class Commands:
 
     def bolus_prepare(self, request: Message, origin: Origin, now: float) -> Message:
         assert isinstance(request, BolusPrepare)
-        known = self._known_outcome(request.request_id, request.command_id, request.pulses)
+        known = self._known_outcome(request.request_id, request.command_id, request.pulses, origin)
         if known is not None:
             return known
         if request.pulses == 0:
@@ -215,11 +230,17 @@ class Commands:
         refusal = self._bolus_refusal(request.request_id, request.pulses, now)
         if refusal is not None:
             return refusal
+        stale = self._stale(request.request_id, request.command_id, origin)
+        if stale is not None:
+            return stale
         pending = self._challenge
-        if pending is None or not pending.live_for(request.command_id, request.pulses, now):
+        if pending is None or not pending.live_for(
+            origin.remote, request.command_id, request.pulses, now
+        ):
             # A repeated prepare (the remote resent it) gets the same live
             # challenge, so whichever answer the remote sees first still works.
             pending = _Challenge(
+                origin.remote,
                 request.command_id,
                 request.pulses,
                 self._random_bytes(wire.CHALLENGE_LEN),
@@ -231,35 +252,44 @@ class Commands:
 
     def bolus_commit(self, request: Message, origin: Origin, now: float) -> Message:
         assert isinstance(request, BolusCommit)
-        known = self._known_outcome(request.request_id, request.command_id, request.pulses)
+        known = self._known_outcome(request.request_id, request.command_id, request.pulses, origin)
         if known is not None:
             return known
         pending = self._challenge
-        # Freshness (S3): the challenge must be the one issued for exactly this
-        # id and dose, and still live on the pump's own clock.
+        # Freshness (S3): the challenge must be the one issued to this remote
+        # for exactly this id and dose, and still live on the pump's own clock.
         if (
             pending is None
-            or not pending.live_for(request.command_id, request.pulses, now)
+            or not pending.live_for(origin.remote, request.command_id, request.pulses, now)
             or not constant_time_equal(pending.challenge, request.challenge)
         ):
             return Refused(request.request_id, RefusalCode.CHALLENGE_INVALID, 0)
         self._challenge = None
         refusal = self._bolus_refusal(request.request_id, request.pulses, now)
+        if refusal is None:
+            # The challenge was issued for a seq above the high-water mark;
+            # checked again because only such an id may be committed.
+            refusal = self._stale(request.request_id, request.command_id, origin)
         if refusal is not None:
             return refusal
-        record = self._pump.start_bolus(request.command_id, request.pulses, now)
+        record = self._pump.start_bolus(
+            request.command_id, request.pulses, now, remote=origin.remote
+        )
         return self._outcome_message(request.request_id, record)
 
     def command_query(self, request: Message, origin: Origin, now: float) -> Message:
         assert isinstance(request, CommandQuery)
-        record = self._pump.persistent.outcome(request.command_id)
-        if record is None:
-            # The host is settling an id the pump never committed: void any
-            # challenge for it, so the answer "never executed" stays true.
-            if self._challenge is not None and self._challenge.command_id == request.command_id:
-                self._challenge = None
-            return CommandOutcome(request.request_id, request.command_id, Outcome.UNKNOWN, 0, 0)
-        return self._outcome_message(request.request_id, record)
+        found = self._pump.persistent.lookup(origin.remote, request.command_id)
+        if isinstance(found, OutcomeRecord):
+            return self._outcome_message(request.request_id, found)
+        # The host is settling an id the pump holds no record of: void any
+        # challenge for it, so that neither answer below can become false.
+        if self._challenge is not None and self._challenge.command_id == request.command_id:
+            self._challenge = None
+        # "Unknown" only when the pump can prove the id never executed; an id
+        # it may have executed and forgotten is "evicted" (SPEC §12.4).
+        outcome = Outcome.EVICTED if found is Known.EVICTED else Outcome.UNKNOWN
+        return CommandOutcome(request.request_id, request.command_id, outcome, 0, 0)
 
     def bolus_cancel(self, request: Message, origin: Origin, now: float) -> Message:
         delivery = self._pump.delivery
@@ -288,10 +318,10 @@ class Commands:
                 for_pump=pump.pump_id,
             )
         except ProtocolError:
-            pump.audit.append("policy_refused", {"reason": "invalid"}, ms_floor(now))
+            pump.audit.note_refusal(REFUSAL_BAD_POLICY, ms_floor(now))
             return Refused(request.request_id, RefusalCode.POLICY_INVALID, 0)
         if policy.version <= state.policy.version:
-            pump.audit.append("policy_refused", {"reason": "rollback"}, ms_floor(now))
+            pump.audit.note_refusal(REFUSAL_OLD_POLICY, ms_floor(now))
             return Refused(request.request_id, RefusalCode.POLICY_ROLLBACK, state.policy.version)
         pump.adopt_policy(policy, now)
         return Ok(request.request_id)
@@ -302,14 +332,40 @@ class Commands:
 
     # --- shared by the bolus handlers -----------------------------------------------
 
-    def _known_outcome(self, request_id: int, command_id: bytes, pulses: int) -> Message | None:
-        """Exactly once (S7): a known id answers with its stored outcome, or a conflict."""
-        record = self._pump.persistent.outcome(command_id)
-        if record is None:
+    def _known_outcome(
+        self, request_id: int, command_id: bytes, pulses: int, origin: Origin
+    ) -> Message | None:
+        """Exactly once (S7): a known id answers with its stored outcome, or a
+        conflict; an id the pump may have executed and forgotten answers
+        *evicted* and is never executed (SPEC §12.4)."""
+        state = self._pump.persistent
+        if state.outcome_tables.table(origin.remote) is None:
+            # A remote with no table has committed nothing the pump still
+            # knows of.  (If tables were ever dropped, its queries answer
+            # "evicted"; a new command is still taken: the remote settles
+            # every journaled id by query before it sends a new one.)
             return None
-        if record.requested != pulses:
+        found = state.lookup(origin.remote, command_id)
+        if found is Known.EVICTED:
+            return CommandOutcome(request_id, command_id, Outcome.EVICTED, 0, 0)
+        if not isinstance(found, OutcomeRecord):
+            return None
+        if found.requested != pulses:
             return Refused(request_id, RefusalCode.COMMAND_ID_CONFLICT, 0)
-        return self._outcome_message(request_id, record)
+        return self._outcome_message(request_id, found)
+
+    def _stale(self, request_id: int, command_id: bytes, origin: Origin) -> Refused | None:
+        """Refuse an id whose seq is not above the remote's high-water mark.
+
+        Only such ids are committed, so a remote's table holds its ids in seq
+        order and the pump can tell "never seen" from "forgotten" (SPEC §12.4).
+        ``detail`` tells the remote where its sequence must continue.
+        """
+        table = self._pump.persistent.outcome_tables.table(origin.remote)
+        high_water = 0 if table is None else table.high_water
+        if command_seq(command_id) > high_water:
+            return None
+        return Refused(request_id, RefusalCode.COMMAND_ID_STALE, min(high_water, wire.UINT32_MAX))
 
     def _outcome_message(self, request_id: int, record: OutcomeRecord) -> CommandOutcome:
         delivered = record.delivered
@@ -330,11 +386,9 @@ class Commands:
         except LimitExceeded as exc:
             units = pulses_to_units(pulses)
             pump.panel.show("alert", f"remote bolus of {units} U refused: over {exc.which} limit")
-            pump.audit.append(
-                "limit_refused",
-                {"requested_pulses": pulses, "limit": str(exc.which)},
-                ms_floor(now),
-            )
+            # Counted, not one entry each: a paired remote's refusals must not
+            # flood the log or wear the flash (SPEC §13.4).
+            pump.audit.note_refusal(REFUSAL_OVER_LIMIT, ms_floor(now))
             return Refused(request_id, exc.which.refusal, exc.allowed_pulses)
         delivery = pump.delivery
         if delivery.active_bolus is not None:

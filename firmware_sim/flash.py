@@ -7,7 +7,22 @@ by byte offset from 0.  It behaves like a NOR part:
 * ``program(offset, data)`` can only clear bits (1 -> 0).  Programming a byte
   that would need a 0 -> 1 transition raises :class:`FlashError` and changes
   nothing; programming the same value again is allowed (it changes nothing);
-* ``read`` returns what is there.  There is no wear limit in the simulation.
+* ``read`` returns what is there.
+
+Wear
+----
+
+Each sector endures ``endurance`` erase cycles (default
+:data:`DEFAULT_ENDURANCE`, a common NOR rating).  The flash counts the erases
+of every sector (:meth:`Flash.erase_count`); the erase after the last one the
+sector endures fails with :class:`FlashWorn` and leaves the sector as it was,
+and from then on the sector is *worn* (:meth:`Flash.is_worn`, the part's
+status register): every erase or program touching it fails the same way,
+changing nothing.  Reads still work.  A failed erase is not counted in
+``operations``.  Wear lives in the ``Flash`` object, like the part itself:
+an image file does not record it, so a reopened image starts unworn (the
+simulation models wear within one run; :meth:`Flash.age` lets a test start
+a sector near its end of life).
 
 Layout on disk (``Flash.open_file``)
 ------------------------------------
@@ -75,8 +90,10 @@ __all__ = [
     "ERASED",
     "Flash",
     "FlashError",
+    "FlashWorn",
     "PowerLoss",
     "StorageError",
+    "StorageWorn",
     "is_erased",
 ]
 
@@ -87,6 +104,8 @@ DEFAULT_SECTOR_SIZE: Final = 4096
 DEFAULT_SECTOR_COUNT: Final = 16
 #: Smallest sector the simulation accepts; real parts are 256 B and up.
 MIN_SECTOR_SIZE: Final = 16
+#: Erase cycles a sector endures (serial NOR parts are rated 100 000).
+DEFAULT_ENDURANCE: Final = 100_000
 
 
 class StorageError(Exception):
@@ -95,6 +114,28 @@ class StorageError(Exception):
 
 class FlashError(StorageError):
     """The flash refused an operation: out of range, 0 -> 1 program, bad image file."""
+
+
+class FlashWorn(FlashError):
+    """A sector has worn out: it can no longer be erased or programmed.
+
+    ``sector`` names it, so storage above the flash can retire it and carry
+    on in the others.
+    """
+
+    def __init__(self, sector: int) -> None:
+        self.sector = sector
+        super().__init__(f"sector {sector} is worn out (erase endurance exceeded)")
+
+
+class StorageWorn(StorageError):
+    """A storage region has too few sectors left that are not worn out to go on.
+
+    Raised by the snapshot store and the audit log only when retiring worn
+    sectors no longer helps.  Nothing stored so far is lost, but nothing
+    more can be: the firmware must stop writing there and enter its safe
+    state, basal running (firmware_sim/pump.py).
+    """
 
 
 class PowerLoss(BaseException):
@@ -133,9 +174,12 @@ class Flash:
         fd: int | None,
         path: str | None,
         read_only: bool,
+        endurance: int = DEFAULT_ENDURANCE,
     ) -> None:
         """Internal: use :meth:`in_memory` or :meth:`open_file`."""
         _check_geometry(sector_size, sector_count)
+        if endurance < 1:
+            raise ValueError("endurance is at least one erase cycle")
         if len(image) != sector_size * sector_count:
             raise FlashError("image size does not match the geometry")
         self._image = image
@@ -150,6 +194,10 @@ class Flash:
         self._keep: float | None = None
         self._powered = True
         self._closed = False
+        self._endurance = endurance
+        #: Successful (or torn) erases of each sector, and the worn sectors.
+        self._erases = [0] * sector_count
+        self._worn: set[int] = set()
 
     # --- construction -------------------------------------------------------
 
@@ -160,6 +208,7 @@ class Flash:
         sector_size: int = DEFAULT_SECTOR_SIZE,
         sector_count: int = DEFAULT_SECTOR_COUNT,
         seed: int = 0,
+        endurance: int = DEFAULT_ENDURANCE,
     ) -> Flash:
         """A blank flash backed by a ``bytearray`` (lost with the object)."""
         _check_geometry(sector_size, sector_count)
@@ -172,6 +221,7 @@ class Flash:
             fd=None,
             path=None,
             read_only=False,
+            endurance=endurance,
         )
 
     @classmethod
@@ -183,6 +233,7 @@ class Flash:
         sector_count: int = DEFAULT_SECTOR_COUNT,
         seed: int = 0,
         read_only: bool = False,
+        endurance: int = DEFAULT_ENDURANCE,
     ) -> Flash:
         """The flash whose image is the file at ``path``.
 
@@ -233,6 +284,7 @@ class Flash:
             fd=fd,
             path=name,
             read_only=read_only,
+            endurance=endurance,
         )
 
     # --- geometry -----------------------------------------------------------
@@ -261,6 +313,24 @@ class Flash:
     def operations(self) -> int:
         """Programs and erases performed so far (a torn one included)."""
         return self._operations
+
+    @property
+    def endurance(self) -> int:
+        """Erase cycles each sector endures."""
+        return self._endurance
+
+    def erase_count(self, sector: int) -> int:
+        """Erases ``sector`` has undergone (a torn one included)."""
+        return self._erases[sector]
+
+    def is_worn(self, sector: int) -> bool:
+        """Whether ``sector`` has worn out: its erases and programs fail."""
+        return sector in self._worn
+
+    @property
+    def erases(self) -> int:
+        """Erases of every sector together."""
+        return sum(self._erases)
 
     @property
     def powered(self) -> bool:
@@ -302,6 +372,10 @@ class Flash:
         new = int.from_bytes(data, "big")
         if new & ~old:
             raise FlashError(f"program at {offset} needs a 0 -> 1 bit change (erase first)")
+        first, last = offset // self._sector_size, (offset + length - 1) // self._sector_size
+        for sector in range(first, last + 1):
+            if sector in self._worn:
+                raise FlashWorn(sector)
         self._operations += 1
         if self._operations == self._cut_at:
             self._torn_program(offset, bytes(data))
@@ -315,13 +389,19 @@ class Flash:
 
         Raises:
             FlashError: no such sector, or a read-only image.
+            FlashWorn: the sector has had all the erases it endures; it is
+                left as it was, and worn from now on.
             PowerLoss: the power is (or just went) off; the erase may be torn.
         """
         self._check_usable()
         self._check_writable()
         if not 0 <= sector < self._sector_count:
             raise FlashError(f"sector {sector} outside 0..{self._sector_count - 1}")
+        if sector in self._worn or self._erases[sector] >= self._endurance:
+            self._worn.add(sector)
+            raise FlashWorn(sector)
         start = sector * self._sector_size
+        self._erases[sector] += 1
         self._operations += 1
         if self._operations == self._cut_at:
             self._torn_erase(start)
@@ -357,6 +437,16 @@ class Flash:
         self._powered = True
         self._cut_at = None
         self._keep = None
+
+    def age(self, sector: int, erases: int) -> None:
+        """Count ``erases`` more erase cycles on ``sector`` without erasing it.
+
+        A test hook for wear: a sector aged to its endurance fails its next
+        erase.  Not counted in :attr:`operations`.
+        """
+        if not 0 <= sector < self._sector_count or erases < 0:
+            raise ValueError("no such sector, or a negative count")
+        self._erases[sector] += erases
 
     def tamper(self, offset: int, data: bytes) -> None:
         """Overwrite bytes with no NOR rules: bit rot or a flash programmer.

@@ -159,6 +159,7 @@ class Pump:
         self._state = restored.state
         self._ledger = restored.ledger
         self._audit = restored.audit
+        self._audit.on_alert = lambda text: self.panel.show("alert", text)
         self._audit_public = restored.audit_public
         self._delivery = restored.delivery
         self._static = x25519_private(self._state.pump_static)
@@ -375,12 +376,14 @@ class Pump:
 
     # --- writes the command handlers ask for (SPEC §13.3) ---------------------------
 
-    def start_bolus(self, command_id: bytes, pulses: int, now: float) -> OutcomeRecord:
+    def start_bolus(
+        self, command_id: bytes, pulses: int, now: float, *, remote: bytes
+    ) -> OutcomeRecord:
         """Commit a bolus whose checks passed: steps 1-3 of the commit order
         (module docstring), then the alert.  The caller replies."""
         record = OutcomeRecord(command_id, pulses, Outcome.IN_PROGRESS, 0)
         self._ledger.commit(command_id, pulses, now)
-        self._commit_outcome(record, now)
+        self._commit_outcome(record, now, remote)
         self._audit.append("bolus_started", {"pulses": pulses, "cmd_id": command_id}, ms_floor(now))
         try:
             self._delivery.start_bolus(command_id, pulses, now)
@@ -470,9 +473,13 @@ class Pump:
     def _commit_state(self) -> None:
         self._main_store.commit(encode_state(self._state))
 
-    def _commit_outcome(self, record: OutcomeRecord, now: float) -> None:
-        """A bolus's outcome and the ledger, in one main-store commit."""
-        self._state = replace(self._state.with_outcome(record), ledger=self._ledger.snapshot(now))
+    def _commit_outcome(
+        self, record: OutcomeRecord, now: float, remote: bytes | None = None
+    ) -> None:
+        """A bolus's outcome (filed under ``remote`` if new) and the ledger, in one commit."""
+        self._state = replace(
+            self._state.with_outcome(record, remote), ledger=self._ledger.snapshot(now)
+        )
         self._commit_state()
 
     def _persist_delivery(self) -> None:

@@ -80,6 +80,18 @@ and is ignored.  The one rollback the store cannot see is corruption of the
 first record of a freshly erased sector, which looks exactly like an erase
 cut short: ``load`` then returns the previous payload.
 
+Worn sectors
+------------
+
+A sector that fails its erase with :class:`~firmware_sim.flash.FlashWorn`
+is retired: the commit erases the next sector instead (never the newest
+record's), and loading reads a worn sector as blank -- it wore out when it
+was to be erased, so what it still holds is older than the newest record
+and was meant to go.  The region keeps working while one sector besides the
+newest record's can still be erased; after that :meth:`~SnapshotStore.commit`
+raises :class:`~firmware_sim.flash.StorageWorn` and writes nothing (the
+payload committed last stays loadable).
+
 Scanning is bounded: every sector is read once and walked record by record;
 after an unreadable position the walk resynchronises at the next "PG" and
 accepts only a fully valid record there.  A collision of CRC-32 (2**-32 per
@@ -94,7 +106,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from .flash import ERASED, Flash, FlashError, StorageError, is_erased
+from .flash import ERASED, Flash, FlashError, FlashWorn, StorageError, StorageWorn, is_erased
 
 __all__ = ["RECORD_OVERHEAD", "SnapshotStore", "StorageCorrupt"]
 
@@ -247,6 +259,7 @@ class SnapshotStore:
             ValueError: ``payload`` is longer than :attr:`max_payload`.
             StorageCorrupt: the region is corrupt; only :meth:`format` clears it.
             StorageError: the seq would wrap.
+            StorageWorn: no sector but the newest record's can be erased.
             FlashError: the flash refused a write or read back wrong.
             PowerLoss: the power was cut; the commit may or may not have happened.
         """
@@ -266,10 +279,7 @@ class SnapshotStore:
         ):
             sector, offset = newest.sector, state.append_at
         else:
-            # A fresh sector: never the one holding the newest record.
-            sector = 0 if newest is None else (newest.sector + 1) % self._count
-            offset = 0
-            self._flash.erase(self._first + sector)
+            sector, offset = self._fresh_sector(newest), 0
         self._write_record(sector, offset, seq, payload)
         record = _Record(seq, sector, offset, len(payload))
         self._state = _State(record, record.end)
@@ -294,15 +304,42 @@ class SnapshotStore:
         records = sorted(
             (record for scan in self._scan_all() for record in scan.records),
             key=lambda record: record.seq,
-        )
+        )  # Worn sectors' records are never read again (``_scan_all``).
         for record in records:
             zeros = bytes(RECORD_OVERHEAD + record.length)
             self._flash.program(self._address(record.sector, record.offset), zeros)
         for sector in range(self._count):
-            self._flash.erase(self._first + sector)
+            if not self._worn(sector):  # A worn sector is never read again.
+                self._flash.erase(self._first + sector)
         self._state = _State(None, None)
 
     # --- internals ----------------------------------------------------------
+
+    def _fresh_sector(self, newest: _Record | None) -> int:
+        """Erase the next usable sector after the newest record's (never that
+        one) and return it.  A sector that wears out is retired: the next one
+        is tried.
+
+        Raises:
+            StorageWorn: every other sector of the region is worn out.
+        """
+        start = 0 if newest is None else newest.sector + 1
+        for candidate in range(start, start + self._count):
+            sector = candidate % self._count
+            if (newest is not None and sector == newest.sector) or self._worn(sector):
+                continue
+            try:
+                self._flash.erase(self._first + sector)
+            except FlashWorn:
+                continue
+            return sector
+        raise StorageWorn(
+            f"snapshot store in sectors {self._first}..{self._first + self._count - 1}: "
+            "no sector left to commit to (the others are worn out)"
+        )
+
+    def _worn(self, sector: int) -> bool:
+        return self._flash.is_worn(self._first + sector)
 
     def _address(self, sector: int, offset: int) -> int:
         return (self._first + sector) * self._size + offset
@@ -322,7 +359,15 @@ class SnapshotStore:
         return self._flash.read(start, record.length)
 
     def _scan_all(self) -> list[_SectorScan]:
-        return [self._scan_sector(sector) for sector in range(self._count)]
+        # A worn sector is read as blank: it wore out when it was to be
+        # erased, so what it still holds is older than the newest record and
+        # was meant to go (module docstring, "Worn sectors").
+        return [
+            _SectorScan((), None, False, True, 0, bytes([ERASED]) * HEADER_LEN)
+            if self._worn(sector)
+            else self._scan_sector(sector)
+            for sector in range(self._count)
+        ]
 
     def _scan_sector(self, sector: int) -> _SectorScan:
         data = self._flash.read(self._address(sector, 0), self._size)

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 from pumpguard.protocol import (
     FramingError,
     LimitPolicy,
+    Outcome,
     PolicyInvalid,
     decode_frame,
     describe_record,
@@ -47,7 +48,14 @@ from pumpguard.protocol import (
 
 from . import prescriber
 from .capture import CapturedFrame, CaptureError, Direction
-from .client import ClientError, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
+from .client import (
+    ClientError,
+    LinkDown,
+    OutcomeEvicted,
+    OutcomeUnknown,
+    PumpRefused,
+    RemoteClient,
+)
 from .journal import Journal, JournalError, SettledCommand, outcome_word
 from .keystore import KeyStore, KeyStoreError
 from .transport import LinkError, RecordChannel, SerialLink, create_vnull
@@ -56,6 +64,8 @@ log = logging.getLogger("pumpguard.pumpctl")
 
 EXIT_OK = 0
 EXIT_USAGE_OR_LINK = 2
+#: BRIEF contract: the outcome of a bolus is unknown (and how to settle it).
+EXIT_OUTCOME_UNKNOWN = 4
 
 
 class UsageError(Exception):
@@ -258,6 +268,13 @@ class _connected:
                 f"{pulses_to_units(command.delivered)} U of {pulses_to_units(command.pulses)} U",
                 file=sys.stderr,
             )
+        evicted = [p.command_id for p in self._journal.pending() if p.evicted]
+        if evicted and args.command == "bolus":
+            raise OutcomeEvicted(evicted[0])
+        if args.command != "history":
+            # 'history' settles them itself; every other command says how.
+            for command_id in evicted:
+                _fail(str(OutcomeEvicted(command_id)))
         if unknown and args.command == "bolus":
             raise ClientError(
                 f"bolus {unknown[0].hex()[:8]} is still unsettled (no answer from the pump); "
@@ -402,9 +419,25 @@ def _status(client: RemoteClient, args: argparse.Namespace) -> int:
 
 
 def _history(client: RemoteClient, args: argparse.Namespace) -> int:
-    for entry in client.verified_history():
+    entries = client.verified_history()
+    for entry in entries:
         print(json.dumps(entry.to_json(), sort_keys=True) if args.json else entry.describe())
-    return EXIT_OK
+    # A bolus the pump no longer remembers (SPEC §12.4) is settled from its log.
+    status = EXIT_OK
+    for command in client.settle_from_history(entries):
+        which = f"earlier bolus {command.command_id.hex()[:8]}"
+        if command.outcome is Outcome.EVICTED:
+            _fail(
+                f"{which} is no longer in the pump's log either: its outcome cannot be known - "
+                f"count it as possibly delivered ({pulses_to_units(command.pulses)} U)"
+            )
+            status = EXIT_OUTCOME_UNKNOWN
+        else:
+            _fail(
+                f"{which} settled from the pump's log: {outcome_word(command.outcome)}, "
+                f"{pulses_to_units(command.delivered)} U of {pulses_to_units(command.pulses)} U"
+            )
+    return status
 
 
 def _unpair(client: RemoteClient, args: argparse.Namespace) -> int:

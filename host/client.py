@@ -11,6 +11,10 @@ transparently.  Every call ends in one of three ways, each its own type:
   committed; the command id is in the journal and :meth:`settle_pending`
   (run by every ``pumpctl`` start) finds out what happened.  A new bolus is
   never sent while an old one is unsettled (S7).
+* :class:`OutcomeEvicted` (an :class:`OutcomeUnknown`) -- the pump no longer
+  holds the outcome of a journaled bolus (SPEC §12.4): it may have been
+  delivered.  It stays unsettled until :meth:`settle_from_history` finds it
+  in the pump's audit log (``pumpctl history``).
 
 Link failures before anything could have happened raise :class:`LinkDown`.
 
@@ -27,7 +31,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -175,6 +179,26 @@ class OutcomeUnknown(ClientError):
             f"outcome of bolus {command_id.hex()[:8]} unknown ({why}); it is journaled: "
             "run 'pumpctl status' when the link is back to settle it - do not bolus again"
         )
+
+
+class OutcomeEvicted(OutcomeUnknown):
+    """The pump no longer remembers a journaled bolus: settle it from its audit log."""
+
+    def __init__(self, command_id: bytes) -> None:
+        self.command_id = command_id
+        ClientError.__init__(
+            self,
+            f"the pump no longer remembers the outcome of bolus {command_id.hex()[:8]} "
+            "(it may have been delivered): run 'pumpctl history' to settle it from the "
+            "pump's audit log - do not bolus again until then",
+        )
+
+
+#: Audit events that end a bolus (firmware_sim/pump.py), and the outcome each records.
+_END_EVENTS: Final = {
+    "bolus_" + outcome.name.lower(): outcome
+    for outcome in (Outcome.DELIVERED, Outcome.CANCELLED, Outcome.INTERRUPTED)
+}
 
 
 @dataclass(frozen=True)
@@ -398,24 +422,44 @@ class RemoteClient:
         """
         unsettled = self.settle_pending()
         if unsettled:
-            raise OutcomeUnknown(unsettled[0], "an earlier bolus is still unsettled")
+            self._raise_unsettled(unsettled)
         # Reach the pump before journaling: a bolus that cannot even be sent
         # (not paired, unreadable key, dead link) leaves nothing to settle.
         self._session_for_use()
-        command_id = self._random_bytes(wire.COMMAND_ID_LEN)
-        # Journaled before the first byte is sent: a crash from here on is settled later.
-        self._journal.record_pending(command_id, pulses)
-        try:
-            first = self._prepare_and_commit(command_id, pulses)
-            final = self._follow(command_id, first, progress)
-        except PumpRefused as refusal:
-            # Refused: the pump never committed this id, so nothing was delivered.
-            self._journal.settle(command_id, Outcome.UNKNOWN, 0)
-            raise refusal from None
-        except LinkDown as exc:
-            raise OutcomeUnknown(command_id, str(exc)) from None
-        self._settle(command_id, final)
-        return BolusResult(command_id, final.outcome, final.requested, final.delivered)
+        for attempt in range(2):
+            # Journaled before the first byte is sent: a crash from here on is
+            # settled later.  The id carries the journal's next seq (SPEC §12.4).
+            command_id = self._journal.new_command(pulses, self._random_bytes).command_id
+            try:
+                first = self._prepare_and_commit(command_id, pulses)
+                final = self._follow(command_id, first, progress)
+            except PumpRefused as refusal:
+                # Refused: the pump never committed this id, so nothing was delivered.
+                self._journal.settle(command_id, Outcome.UNKNOWN, 0)
+                if refusal.code is RefusalCode.COMMAND_ID_STALE and attempt == 0:
+                    # The pump has committed a later seq of ours than the
+                    # journal knows (journal restored or replaced): continue
+                    # after it, once.
+                    self._journal.advance_seq(refusal.detail + 1)
+                    continue
+                raise refusal from None
+            except LinkDown as exc:
+                raise OutcomeUnknown(command_id, str(exc)) from None
+            if final.outcome is Outcome.EVICTED:
+                # A pump that forgot an id it just answered for: never "not delivered".
+                self._journal.mark_evicted(command_id)
+                raise OutcomeEvicted(command_id)
+            self._settle(command_id, final)
+            return BolusResult(command_id, final.outcome, final.requested, final.delivered)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _raise_unsettled(self, unsettled: list[bytes]) -> None:
+        """Refuse a new bolus while ``unsettled`` commands are: say how to settle the first."""
+        evicted = {p.command_id for p in self._journal.pending() if p.evicted}
+        for command_id in unsettled:
+            if command_id in evicted:
+                raise OutcomeEvicted(command_id)
+        raise OutcomeUnknown(unsettled[0], "an earlier bolus is still unsettled")
 
     def _prepare_and_commit(self, command_id: bytes, pulses: int) -> CommandOutcome:
         """Challenge, then commit.  A challenge that expired in transit is
@@ -451,7 +495,8 @@ class RemoteClient:
         return outcome
 
     def _settle(self, command_id: bytes, final: CommandOutcome) -> SettledCommand:
-        """Journal the pump's final answer about the pending ``command_id``."""
+        """Journal the pump's final answer about the pending ``command_id``
+        (never EVICTED: that one stays pending, see :meth:`settle_pending`)."""
         # UNKNOWN: the pump never committed it (and voided any challenge for it
         # while answering), so none of it was delivered.
         delivered = 0 if final.outcome is Outcome.UNKNOWN else final.delivered
@@ -469,11 +514,18 @@ class RemoteClient:
         pump voids any challenge for it while answering, so it can no
         longer start.  One still in progress is followed to its end, or,
         with ``follow=False``, left pending (and not counted as unknown) so
-        that the caller can, for example, cancel it first.  ``on_settled``
-        is called with each command as it is settled.
+        that the caller can, for example, cancel it first.  One the pump
+        answers *evicted* for (it no longer holds the outcome: possibly
+        delivered) is marked so in the journal and stays unknown until
+        :meth:`settle_from_history`.  ``on_settled`` is called with each
+        command as it is settled.
         """
         unknown = []
         for pending in self._journal.pending():
+            if pending.evicted:
+                # The pump's answer cannot change: only its log can settle it.
+                unknown.append(pending.command_id)
+                continue
             try:
                 response = self.request(CommandQuery(UNASSIGNED_ID, pending.command_id))
             except (LinkDown, NotPaired):
@@ -486,10 +538,43 @@ class RemoteClient:
                 if not follow:
                     continue
                 response = self._follow(pending.command_id, response, None)
+            if response.outcome is Outcome.EVICTED:
+                self._journal.mark_evicted(pending.command_id)
+                unknown.append(pending.command_id)
+                continue
             settled = self._settle(pending.command_id, response)
             if on_settled is not None:
                 on_settled(settled)
         return unknown
+
+    def settle_from_history(
+        self, entries: Sequence[audit_entry.AuditEntry]
+    ) -> list[SettledCommand]:
+        """Settle every journaled bolus the pump answered *evicted* for, from
+        its verified audit log (``entries``, e.g. :meth:`verified_history`).
+
+        A bolus whose end entry (``bolus_delivered``, ``bolus_cancelled``,
+        ``bolus_interrupted``) is in the log is settled with that outcome and
+        the pulses it records.  One the log no longer holds either is settled
+        as ``EVICTED``: unknown, possibly delivered -- never "not delivered".
+
+        Returns:
+            The commands settled, in journal order.
+        """
+        ends: dict[bytes, tuple[Outcome, int]] = {}
+        for entry in entries:
+            outcome = _END_EVENTS.get(entry.event)
+            cmd_id = entry.fields.get("cmd_id")
+            pulses = entry.fields.get("pulses")
+            if outcome is not None and isinstance(cmd_id, bytes) and type(pulses) is int:
+                ends[cmd_id] = (outcome, pulses)
+        settled = []
+        for pending in self._journal.pending():
+            if not pending.evicted:
+                continue
+            outcome, delivered = ends.get(pending.command_id, (Outcome.EVICTED, 0))
+            settled.append(self._journal.settle(pending.command_id, outcome, max(0, delivered)))
+        return settled
 
     def cancel(self) -> CommandOutcome:
         return _expect(self.request(BolusCancel(UNASSIGNED_ID)), CommandOutcome, "cancel")

@@ -14,14 +14,40 @@ File format (``journal.log`` in the keys directory), append-only lines::
     <crc32 of JSON, 8 hex digits> <compact JSON object>\\n
 
 The first line is a header (``{"op":"journal","format":1}``); the others are
-``pending`` (id, pulses, time), ``settle`` (id, outcome, delivered, time),
-and after compaction ``settled`` (both in one).  Every append is
+``pending`` (id, pulses, time, and ``seq`` for an id from the counter below),
+``evicted`` (id: the pump answered that it no longer holds the outcome),
+``settle`` (id, outcome, delivered, time), ``seq`` (next: the counter moved
+on without a command, to continue after the pump's high-water mark), and
+after compaction ``settled`` (pending and settle in one).  Every append is
 ``fsync``-ed before the call returns.
+
+Command ids and their counter
+-----------------------------
+
+:meth:`Journal.new_command` draws ids as ``seq (8 bytes, big-endian) ||
+random (8 bytes)`` (SPEC §12.4), ``seq`` counting up from 1.  The counter is
+the journal itself: one more than the highest ``seq`` of a ``pending`` line
+or a ``seq`` line, so it is durable with the id before the id is sent, and
+compaction writes it as a ``seq`` line.  Ids recorded with
+:meth:`Journal.record_pending` (no ``seq`` field) do not move it.
+
+An evicted command
+------------------
+
+A pump answers *evicted* for an id whose outcome it no longer holds: it may
+have been delivered.  The journal keeps such a command pending, marked
+``evicted``, so no new bolus is sent, until the pump's audit log settles it
+(``pumpctl history``): with the outcome its log records, or, if the log no
+longer holds it either, as ``evicted`` -- outcome unknown, never "not
+delivered".
 
 An outcome is a protocol :class:`~pumpguard.protocol.Outcome`, stored as a
 lower-case word so the file stays readable: ``delivered``, ``cancelled``,
-``interrupted``, and ``not_delivered`` for :attr:`~pumpguard.protocol.Outcome.UNKNOWN`
-(the pump never committed the command).  Journals written before outcomes
+``interrupted``, ``not_delivered`` for :attr:`~pumpguard.protocol.Outcome.UNKNOWN`
+(the pump never committed the command), and ``evicted`` for
+:attr:`~pumpguard.protocol.Outcome.EVICTED` (unknown: neither the pump's
+outcomes nor its log hold it any more; ``delivered`` is then 0, meaning
+unknown).  Journals written before outcomes
 were typed may also hold ``refused`` and ``unknown``; both meant the pump
 never committed the command and load as ``UNKNOWN``.  Any other word is
 corruption (below).
@@ -47,6 +73,7 @@ for display.  A lock file keeps two remotes from interleaving one journal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import reprlib
@@ -92,6 +119,7 @@ _WORD_OF: Final[dict[Outcome, str]] = {
     Outcome.DELIVERED: "delivered",
     Outcome.CANCELLED: "cancelled",
     Outcome.INTERRUPTED: "interrupted",
+    Outcome.EVICTED: "evicted",
 }
 #: Words read back: the ones written, plus those earlier versions wrote for
 #: a command the pump never committed (a refused bolus; an UNKNOWN answer
@@ -115,6 +143,9 @@ class PendingCommand:
     pulses: int
     #: Wall-clock time it was recorded (seconds since the epoch), for display.
     recorded_at: float
+    #: The pump answered that it no longer holds this command's outcome: it
+    #: may have been delivered.  Settled only from the pump's audit log.
+    evicted: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,9 +156,10 @@ class SettledCommand:
     pulses: int
     recorded_at: float
     #: What the pump reports became of it; never ``IN_PROGRESS``.  ``UNKNOWN``
-    #: means the pump never committed it, so nothing was delivered.
+    #: means the pump never committed it, so nothing was delivered;
+    #: ``EVICTED`` means nobody can tell any more (possibly delivered).
     outcome: Outcome
-    #: Pulses the pump reports as delivered.
+    #: Pulses the pump reports as delivered (0 and meaningless for ``EVICTED``).
     delivered: int
     settled_at: float
 
@@ -171,6 +203,21 @@ def _field_id(entry: dict[str, Any]) -> bytes:
     if len(command_id) != wire.COMMAND_ID_LEN:
         raise _Corrupt("bad id")
     return command_id
+
+
+def _field_seq(entry: dict[str, Any], command_id: bytes) -> int | None:
+    """A ``pending`` line's optional ``seq``: the id's counter value, if drawn from it."""
+    if "seq" not in entry:
+        return None
+    seq = _field_int(entry, "seq", 1)
+    if seq != command_seq(command_id):
+        raise _Corrupt("seq does not match the id")
+    return seq
+
+
+def command_seq(command_id: bytes) -> int:
+    """The per-remote sequence number at the start of a command id (SPEC §12.4)."""
+    return int.from_bytes(command_id[: wire.COMMAND_SEQ_LEN], "big")
 
 
 def _field_outcome(entry: dict[str, Any]) -> Outcome:
@@ -219,6 +266,8 @@ class Journal:
         self._settled: list[SettledCommand] = []
         self._settled_in_file = 0
         self._failure: str | None = None
+        #: The seq the next :meth:`new_command` uses.
+        self._next_seq = 1
 
     @classmethod
     def open(
@@ -307,11 +356,22 @@ class Journal:
             command_id = _field_id(entry)
             if self._known(command_id):
                 raise _Corrupt("command id recorded twice")
+            seq = _field_seq(entry, command_id)
+            if seq is not None:
+                self._next_seq = max(self._next_seq, seq + 1)
             self._pending[command_id] = PendingCommand(
                 command_id=command_id,
                 pulses=_field_int(entry, "pulses", 1),
                 recorded_at=_field_time(entry, "at"),
             )
+        elif op == "evicted":
+            command_id = _field_id(entry)
+            marked = self._pending.get(command_id)
+            if marked is None:
+                raise _Corrupt("marks a command that is not pending")
+            self._pending[command_id] = dataclasses.replace(marked, evicted=True)
+        elif op == "seq":
+            self._next_seq = max(self._next_seq, _field_int(entry, "next", 1))
         elif op == "settle":
             command_id = _field_id(entry)
             pending = self._pending.pop(command_id, None)
@@ -374,6 +434,11 @@ class Journal:
         """Commands recorded but not settled, oldest first."""
         return list(self._pending.values())
 
+    @property
+    def next_seq(self) -> int:
+        """The seq :meth:`new_command` gives the next command id."""
+        return self._next_seq
+
     def settled(self) -> list[SettledCommand]:
         """The most recent settled commands (up to :data:`MAX_SETTLED_KEPT`), oldest first."""
         return list(self._settled)
@@ -408,6 +473,9 @@ class Journal:
         """
         if len(command_id) != wire.COMMAND_ID_LEN:
             raise ValueError(f"command id must be {wire.COMMAND_ID_LEN} bytes")
+        return self._record(command_id, pulses, None)
+
+    def _record(self, command_id: bytes, pulses: int, seq: int | None) -> PendingCommand:
         if not isinstance(pulses, int) or isinstance(pulses, bool) or pulses < 1:
             raise ValueError("pulses must be a positive integer")
         self._usable()
@@ -420,18 +488,76 @@ class Journal:
                 f"{MAX_PENDING} commands are still unsettled; settle them before sending more"
             )
         command = PendingCommand(command_id=command_id, pulses=pulses, recorded_at=self._clock())
-        self._append(
-            {"op": "pending", "id": command_id.hex(), "pulses": pulses, "at": command.recorded_at}
-        )
+        line: dict[str, Any] = {
+            "op": "pending",
+            "id": command_id.hex(),
+            "pulses": pulses,
+            "at": command.recorded_at,
+        }
+        if seq is not None:
+            line["seq"] = seq
+        self._append(line)
         self._pending[command_id] = command
         return command
+
+    def new_command(self, pulses: int, random_bytes: Callable[[int], bytes]) -> PendingCommand:
+        """Draw the next command id from the counter and record it durably
+        (SPEC §12.4: ``seq || random``).  Call before its first byte is sent.
+
+        Raises:
+            As :meth:`record_pending`; JournalError also when the counter is
+            exhausted.
+        """
+        seq = self._next_seq
+        if seq > wire.MAX_COMMAND_SEQ:
+            raise JournalError("command sequence exhausted: pair this remote again")
+        command_id = seq.to_bytes(wire.COMMAND_SEQ_LEN, "big") + random_bytes(
+            wire.COMMAND_NONCE_LEN
+        )
+        command = self._record(command_id, pulses, seq)
+        self._next_seq = seq + 1
+        return command
+
+    def advance_seq(self, next_seq: int) -> None:
+        """Make the next command's seq at least ``next_seq`` (the pump refused
+        an id as stale: its high-water mark is ahead of this journal).
+
+        Raises:
+            JournalError: the write failed.
+        """
+        if next_seq <= self._next_seq:
+            return
+        self._usable()
+        self._append({"op": "seq", "next": next_seq})
+        self._next_seq = next_seq
+
+    def mark_evicted(self, command_id: bytes) -> PendingCommand:
+        """Record that the pump no longer holds this pending command's outcome.
+
+        It stays pending (it may have been delivered) until
+        :meth:`settle` records what the pump's audit log says.
+
+        Raises:
+            JournalError: the command is not pending, or the write failed.
+        """
+        self._usable()
+        pending = self._pending.get(command_id)
+        if pending is None:
+            raise JournalError("no unsettled command has this id")
+        if pending.evicted:
+            return pending
+        self._append({"op": "evicted", "id": command_id.hex()})
+        marked = dataclasses.replace(pending, evicted=True)
+        self._pending[command_id] = marked
+        return marked
 
     def settle(self, command_id: bytes, outcome: Outcome, delivered: int) -> SettledCommand:
         """Record the real outcome the pump reported for a pending command.
 
         Raises:
-            ValueError: ``IN_PROGRESS`` or not an :class:`Outcome`, or a bad
-                delivered count (a caller bug).
+            ValueError: ``IN_PROGRESS`` or not an :class:`Outcome`, a bad
+                delivered count, or ``UNKNOWN`` for a command marked evicted
+                (a caller bug).
             JournalError: the command is not pending, or the write failed.
         """
         if not isinstance(outcome, Outcome) or outcome not in _WORD_OF:
@@ -442,6 +568,9 @@ class Journal:
         pending = self._pending.get(command_id)
         if pending is None:
             raise JournalError("no unsettled command has this id")
+        if pending.evicted and outcome is Outcome.UNKNOWN:
+            # The pump said it may have executed it: never "not delivered".
+            raise ValueError("an evicted command cannot be settled as not delivered")
         settled_at = self._clock()
         self._append(
             {
@@ -462,7 +591,7 @@ class Journal:
         Runs before a new command is recorded, never after a settle, so a
         failure here never casts doubt on an outcome already written.
         """
-        lines = [_encode_line(dict(_HEADER))]
+        lines = [_encode_line(dict(_HEADER)), _encode_line({"op": "seq", "next": self._next_seq})]
         lines += [
             _encode_line(
                 {
@@ -482,6 +611,11 @@ class Journal:
                 {"op": "pending", "id": p.command_id.hex(), "pulses": p.pulses, "at": p.recorded_at}
             )
             for p in self._pending.values()
+        ]
+        lines += [
+            _encode_line({"op": "evicted", "id": p.command_id.hex()})
+            for p in self._pending.values()
+            if p.evicted
         ]
         try:
             atomic_write(self._path, b"".join(lines))

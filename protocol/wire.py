@@ -165,6 +165,11 @@ class Outcome(enum.IntEnum):
     CANCELLED = 3
     #: Stopped by power loss, an alarm or suspend; ``delivered`` says how much.
     INTERRUPTED = 4
+    #: The pump no longer holds this id's outcome: its sequence number is at
+    #: or below the highest one the pump forgot for this remote, so it may have
+    #: executed.  Never "not executed": read the audit log (SPEC §12.4).
+    #: ``requested`` and ``delivered`` are 0 (unknown).
+    EVICTED = 5
 
 
 class RefusalCode(enum.IntEnum):
@@ -184,9 +189,21 @@ class RefusalCode(enum.IntEnum):
     NO_PRESCRIBER = 12
     SAFE_STATE = 13
     NOTHING_TO_CANCEL = 14
+    #: The command id's sequence number is not above the highest this remote
+    #: has committed, and the pump never committed this id: it never will.
+    #: ``detail`` is that highest sequence number (saturated at UINT32_MAX).
+    COMMAND_ID_STALE = 15
 
 
 COMMAND_ID_LEN: Final = 16
+#: A command id is ``seq (8 bytes, big-endian) || random (8 bytes)``: ``seq``
+#: counts up per remote from 1, journaled by the remote before it is sent;
+#: the random half keeps ids unguessable and distinct across a lost journal.
+#: The pump tells "never seen" from "forgotten" by ``seq`` (SPEC §12.4).
+COMMAND_SEQ_LEN: Final = 8
+COMMAND_NONCE_LEN: Final = COMMAND_ID_LEN - COMMAND_SEQ_LEN
+#: Largest command sequence number; 0 is never a valid one.
+MAX_COMMAND_SEQ: Final = (1 << (8 * COMMAND_SEQ_LEN)) - 1
 CHALLENGE_LEN: Final = 16
 #: A bolus must be committed within this long after its challenge was
 #: issued, on the pump's clock (S3).
