@@ -223,10 +223,13 @@ class LinkSupervisor:
             self._sleep(timeout)
             return b""
         try:
-            return port.read(timeout)
+            data = port.read(timeout)
         except UartError as exc:
             self._lose(exc)
             return b""
+        if data:
+            self._backoff = REOPEN_FIRST_S  # the port works: poll fast next time
+        return data
 
     def write(self, data: bytes) -> None:
         """Send ``data`` (whole frames), or as much as the port takes now.
@@ -299,6 +302,7 @@ class LinkSupervisor:
             self._lose(exc)
             return
         if sent > 0:
+            self._backoff = REOPEN_FIRST_S
             self._mid_frame = self._pending[sent - 1] != 0
             del self._pending[:sent]
             self._update_pending()
@@ -342,8 +346,10 @@ class LinkSupervisor:
         self.stats.state = LinkState.DOWN
         self._drop_pending()
         self._close_port()
-        self._backoff = REOPEN_FIRST_S
+        # The backoff grows with every loss and is reset only by traffic, so
+        # a port that opens and fails at once is not reopened in a spin.
         self._reopen_at = self._clock() + self._backoff
+        self._backoff = min(self._backoff * 2, REOPEN_MAX_S)
         self._drop_logged = False
         log.warning("link lost: %s; therapy continues, polling for the port", exc)
 

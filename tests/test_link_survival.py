@@ -173,7 +173,8 @@ class Loop:
         self.at: dict[int, Callable[[], None]] = {}
         self.watch: list[Callable[[], None]] = []
         self.iteration = 0
-        self.pulses_at: dict[int, int] = {}
+        #: Before each iteration: the motor's pulse count and the pump's clock.
+        self.pulses_at: dict[int, tuple[int, float]] = {}
 
     def _sleep(self, seconds: float) -> None:
         self.clock.now += seconds
@@ -189,7 +190,7 @@ class Loop:
             action = self.at.pop(self.iteration, None)
             if action is not None:
                 action()
-            self.pulses_at[self.iteration] = self.motor.pulses
+            self.pulses_at[self.iteration] = (self.motor.pulses, self.pump_clock())
             data = self.link.read(timeout)
             for check in self.watch:
                 check()
@@ -204,13 +205,18 @@ class Loop:
             faults=self.faults,
         )
 
-    def basal_between(self, first: int, last: int) -> int:
-        return self.pulses_at[last] - self.pulses_at[first]
+    def assert_basal_between(self, first: int, last: int) -> None:
+        """The motor made every basal pulse due from iteration ``first`` to ``last``."""
+        (before, start), (after, end) = self.pulses_at[first], self.pulses_at[last]
+        due = basal_due(end - start)
+        assert due >= 5, "the window is too short to show anything"
+        assert after - before >= due
 
 
-def basal_due(iterations: int) -> int:
-    """Basal pulses due over ``iterations`` loop iterations that each waited a tick, at least."""
-    return int(iterations * TICK_INTERVAL_S * PUMP_SCALE // BASAL_PERIOD_S) - 1
+def basal_due(pump_seconds: float) -> int:
+    """Basal pulses due over ``pump_seconds`` of the pump's clock, at least
+    (the first may fall just after the window starts)."""
+    return int(pump_seconds // BASAL_PERIOD_S) - 1
 
 
 class ChattyFirmware:
@@ -282,13 +288,31 @@ def test_fail_safe_8_a_port_that_hangs_up_and_returns_keeps_basal_running(
     outage_s = 450 * TICK_INTERVAL_S
     assert outage_s / REOPEN_MAX_S <= wire.attempts - 1 <= outage_s / REOPEN_MAX_S + 8
     # The motor kept pulsing while the port was gone, and after (S9, S14).
-    assert loop.basal_between(51, 500) >= basal_due(450)
-    assert loop.basal_between(501, 700) >= basal_due(200)
+    loop.assert_basal_between(51, 500)
+    loop.assert_basal_between(501, 700)
     # One line per event, naming the port and saying therapy continues.
     lines = [r.getMessage() for r in caplog.records]
     assert sum("lost" in line for line in lines) == 1
     assert any("therapy continues" in line and PORT in line for line in lines)
     assert sum("is back" in line for line in lines) == 1
+
+
+def test_fail_safe_8_a_port_that_fails_as_soon_as_it_opens_is_polled_not_spun() -> None:
+    """[fail-safe] 8: a flapping port (opens, then hangs up at once) costs a reopen per
+    REOPEN_MAX_S at most, and basal runs on."""
+    loop = Loop()
+    wire = loop.wire
+
+    def flap() -> None:
+        wire.read_error = OSError(5, "Input/output error")
+
+    loop.watch.append(flap)
+    loop.run(500)
+    stats = loop.link.stats
+    elapsed_s = 500 * TICK_INTERVAL_S
+    assert stats.hangups == stats.reopens + 1 or stats.hangups == stats.reopens
+    assert 3 <= stats.reopens <= elapsed_s / REOPEN_MAX_S + 4
+    loop.assert_basal_between(1, 500)
 
 
 def test_fail_safe_8_a_write_to_a_vanished_port_is_a_hangup() -> None:
@@ -522,7 +546,7 @@ def test_fail_safe_7_a_worn_flash_under_the_real_pump_keeps_basal_running() -> N
 
     run_pump(pump, read=read, write=lambda data: None, clock=pump_clock, stop=stop, faults=faults)
 
-    assert motor.pulses >= basal_due(1000)
+    assert motor.pulses >= basal_due(pump_clock())
     alarms = pump.panel.shown("alarm")
     assert any("STORAGE FAULT" in alarm.upper() for alarm in alarms), alarms
     assert faults.count > 0 or pump.mode is PumpMode.SAFE_STATE
