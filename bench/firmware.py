@@ -154,7 +154,9 @@ class PumpParty:
         return next(self._request_ids) % (wire.MAX_REQUEST_ID + 1)
 
     def next_command_id(self) -> bytes:
-        return next(self._command_ids).to_bytes(wire.COMMAND_ID_LEN, "big")
+        """``seq || 8 zero bytes``: the seq counts up per remote, as SPEC §12.4 requires."""
+        seq = next(self._command_ids).to_bytes(wire.COMMAND_SEQ_LEN, "big")
+        return seq + bytes(wire.COMMAND_NONCE_LEN)
 
     def exchange(self, message: Message) -> Message:
         """One request and its response, both sides, framing included."""

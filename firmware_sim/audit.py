@@ -72,20 +72,50 @@ remains of an interrupted erase; its entries are kept only if they run on
 into the next sector's first seq.  Any other gap is damage and stays visible
 to :func:`verify_entries`.
 
-Rejection floods
-----------------
+Floods
+------
 
-:meth:`AuditLog.note_rejection` only counts, in RAM: at most 3 named kinds
-(names of at most 12 characters), any further kind counted as ``"other"``,
-counts saturating at 2**32 - 1 -- so the fullest entry is 131 bytes.  The
-counts are written as one ``"rejections"`` entry ``{kind: count, ...}``
-before any other entry, and otherwise (by the next rejection or
-:meth:`AuditLog.poll`) once the interval since the last such write has
+Neither refused link input (:meth:`AuditLog.note_rejection`) nor a command
+a paired remote sent and the pump refused after authenticating it
+(:meth:`AuditLog.note_refusal`: over a limit, a bad or old policy) is written
+one entry each.  Each is counted in RAM by its own :class:`_Tally` -- at most
+3 named kinds (names of at most 12 characters), any further kind counted as
+``"other"``, counts saturating at 2**32 - 1, so the fullest entry is 131
+bytes -- and written as one ``"rejections"`` or ``"refusals"`` entry
+``{kind: count, ...}``: before any other entry, and otherwise (by the next
+count or :meth:`AuditLog.poll`) once the interval since its last write has
 passed: 60 s, doubling after each write with no other entry in between
 (reset by any other entry, capped at 2**31 ms, about 24.8 days).  A flood
-lasting ``T`` alone therefore writes about ``2 + log2(T / 60 s)`` entries:
-12 in a day, about 30 in a year -- it cannot push delivery records out of
-the ring.  Counts not yet written are lost in a power cut.
+lasting ``T`` alone therefore writes about ``2 + log2(T / 60 s)`` entries of
+each kind: 12 in a day, about 30 in a year.  Counts not yet written are lost
+in a power cut.
+
+These two are the *low-priority* events; every other entry (deliveries,
+policy, pairing, boot, alarms...) is *protected*.  A low-priority entry is
+written only if it evicts no protected entry -- into the current sector's
+free space, or by erasing a sector holding no protected entry -- and only
+while the ring holds fewer than :func:`low_priority_quota` (one sector's
+worth) of them; otherwise its counts stay pending, and are written when
+allowed.  So only protected entries ever evict protected entries, and the
+ring always holds the newest :func:`retained_protected` of them.
+
+Unread records
+--------------
+
+An entry handed out by :meth:`AuditLog.entry_at_or_after` to a host reading
+on from where it last read counts as read (RAM only: after a boot nothing
+does, which only makes the alert come earlier).  Each time the ring opens a
+sector, if the sector the next erase will evict holds protected entries not
+yet read, ``on_alert`` is called: the user is told about one sector ahead.
+
+Worn sectors
+------------
+
+A sector whose erase fails with :class:`~firmware_sim.flash.FlashWorn` is
+retired: its index entries are dropped (as if evicted), the next usable
+sector is erased instead, and a scan reads a worn sector as empty (it wore
+out when it was to be evicted).  With only the current sector left usable,
+:meth:`AuditLog.append` raises :class:`~firmware_sim.flash.StorageWorn`.
 
 What verification proves
 ------------------------
@@ -570,11 +600,14 @@ class AuditLog:
         seq = self._next_seq
         if seq > MAX_AUDIT_SEQ:
             raise StorageError("audit sequence number exhausted")
+        protected = _protected(event)
+        if not protected:
+            # Decide before signing: a deferred entry costs no signature.
+            raw = encode_entry(seq, now_ms, event, fields, self._tail_hash)
+            if not self._low_priority_allowed(len(raw) + FRAME_OVERHEAD):
+                return None
         entry = sign_entry(seq, now_ms, event, fields, self._tail_hash, signing_key=self._key)
         frame = _frame(entry.raw, entry.signature)
-        protected = _protected(event)
-        if not protected and not self._low_priority_allowed(len(frame)):
-            return None
         self._loaded = False  # Until the frame is known to be complete.
         if self._fits(len(frame)):
             assert self._current is not None
