@@ -226,4 +226,3 @@ class RawRemote:
             signed.append(answer.entry)
             from_seq = answer.next_seq
         return list(audit_entry.verify_entries(signed, audit_key).entries)
-
