@@ -66,11 +66,11 @@ class PumpParty(RawRemote):
         IN_PROGRESS once the bolus is persisted, audited and started.
         """
         command_id = self.next_command_id()
-        challenge = self.exchange(BolusPrepare(self.next_request_id(), command_id, BOLUS_PULSES))
+        challenge = self.exchange(BolusPrepare(self.next_id(), command_id, BOLUS_PULSES))
         if not isinstance(challenge, BolusChallenge):
             raise NoAnswer(f"prepare answered with {challenge!r}")
         return self.exchange(
-            BolusCommit(self.next_request_id(), command_id, BOLUS_PULSES, challenge.challenge)
+            BolusCommit(self.next_id(), command_id, BOLUS_PULSES, challenge.challenge)
         )
 
     def end_bolus(self) -> None:

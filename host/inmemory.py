@@ -273,11 +273,14 @@ class Rig:
         self.user.remote_code = None  # a new pairing: the user has seen no code yet
         return client.pair(confirm).code
 
-    def paired_remote(self, path: Path, *, seed: str = "remote") -> Remote:
-        """A remote attached and paired, remote bolus switched on at the pump."""
+    def paired_remote(
+        self, path: Path, *, seed: str = "remote", remote_bolus: bool = True
+    ) -> Remote:
+        """A remote attached and paired; the user switches remote bolus on unless told not to."""
         remote = self.attach(path, seed=seed)
         self.pair(remote.client)
-        self.press(Button.REMOTE_BOLUS_ON)
+        if remote_bolus:
+            self.press(Button.REMOTE_BOLUS_ON)
         return remote
 
     def close(self) -> None:

@@ -172,7 +172,8 @@ class RawRemote:
             raise ValueError("no session: call handshake() first")
         return self._live
 
-    def next_request_id(self) -> int:
+    def next_id(self) -> int:
+        """A request id not used before in this session."""
         return next(self._request_ids) % (wire.MAX_REQUEST_ID + 1)
 
     def seal(self, message: Message) -> bytes:
@@ -208,7 +209,7 @@ class RawRemote:
         return decode_message(session.open(reply))
 
     def status(self) -> Status:
-        status = self.exchange(StatusRequest(self.next_request_id()))
+        status = self.exchange(StatusRequest(self.next_id()))
         if not isinstance(status, Status):
             raise NoAnswer(f"status answered with {status!r}")
         return status
@@ -218,7 +219,7 @@ class RawRemote:
         audit_key = self.status().audit_key
         signed: list[bytes] = []
         while True:
-            answer = self.exchange(HistoryRequest(self.next_request_id(), from_seq))
+            answer = self.exchange(HistoryRequest(self.next_id(), from_seq))
             if not isinstance(answer, History):
                 raise NoAnswer(f"history answered with {answer!r}")
             if not answer.entry:
