@@ -56,10 +56,9 @@ from pumpguard.host import cli
 from pumpguard.host.client import ClientError, LinkDown, NotPaired, PumpRefused
 from pumpguard.host.inmemory import DirectLink, Remote, Rig, records_in, seeded_random
 from pumpguard.host.keystore import KeyStore
+from pumpguard.host.rawremote import RawRemote
 from pumpguard.protocol import (
     BolusPrepare,
-    HandshakeInitiator,
-    Message,
     PairingInitiator,
     PairingResponder,
     PairingResult,
@@ -67,13 +66,9 @@ from pumpguard.protocol import (
     RecordType,
     RefusalCode,
     Refused,
-    SecureSession,
     Status,
     StatusRequest,
-    decode_message,
     encode_frame,
-    encode_message,
-    paired_peer,
     wire,
     x25519_private,
     x25519_public_bytes,
@@ -148,23 +143,10 @@ def lockout_after(failures: int) -> float:
 
 def session_with_pump(
     rig: Rig, key: X25519PrivateKey, pump_static: bytes, seed: str
-) -> SecureSession | None:
+) -> RawRemote | None:
     """A handshake (SPEC §6) by anyone holding ``key``; None if the pump does not answer."""
-    initiator = HandshakeInitiator(
-        local_static=key,
-        peer=paired_peer(key, pump_static, local_is_remote=True),
-        random_bytes=seeded_random(seed),
-    )
-    replies = of_type(send(rig, initiator.start()), RecordType.HANDSHAKE_RESP)
-    if not replies:
-        return None
-    return SecureSession(initiator.finish(replies[0]), established_at=rig.clock.now)
-
-
-def ask(rig: Rig, session: SecureSession, message: Message) -> Message | None:
-    for record in of_type(send(rig, session.seal(encode_message(message))), RecordType.DATA):
-        return decode_message(session.open(record))
-    return None
+    raw = RawRemote(rig, random_bytes=seeded_random(seed), static=key, pump_static=pump_static)
+    return raw if raw.handshake() else None
 
 
 def hand_request(rig: Rig, initiator: PairingInitiator) -> bytes:
@@ -1122,9 +1104,9 @@ def test_mitm_with_a_pump_user_who_confirms_blindly(tmp_path: Path) -> None:
     assert victim.keys.pairing() is None  # the careful remote user refused
     session = session_with_pump(rig, attacker.remote_key, result.peer_static, "m")
     assert session is not None
-    assert isinstance(ask(rig, session, StatusRequest(1)), Status)
+    assert isinstance(session.ask(StatusRequest(1)), Status)
     motor = rig.motor.pulses - rig.pump.delivery.basal_pulses_delivered
-    refusal = ask(rig, session, BolusPrepare(2, bytes(16), 200))
+    refusal = session.ask(BolusPrepare(2, bytes(16), 200))
     assert isinstance(refusal, Refused)
     assert refusal.code is RefusalCode.REMOTE_BOLUS_DISABLED
     rig.advance(30)
