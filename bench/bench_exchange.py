@@ -148,7 +148,7 @@ def _bolus_benchmark(benchmark: BenchmarkFixture, party: PumpParty, rounds: int)
     assert {entry.fields["cmd_id"] for entry in started} == {
         answer.command_id for answer in answers if isinstance(answer, CommandOutcome)
     }
-    assert party.motor.pulses == 0  # each was cancelled before its first pulse
+    assert party.rig.motor.pulses == 0  # each was cancelled before its first pulse
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_exchange(benchmark: BenchmarkFixture, tmp_path: Path, kind: str) -> Non
             )
             assert isinstance(status, Status)
             assert status.remote_bolus_enabled
-            assert status.pump_id == party.pump.pump_id
+            assert status.pump_id == party.rig.pump.pump_id
         else:
             rounds = FILE_FLASH_ROUNDS if kind == "bolus-file-flash" else BOLUS_ROUNDS
             _bolus_benchmark(benchmark, party, rounds)
@@ -235,7 +235,8 @@ def test_pump_refuse(
         return
     party = pump_party
     frame = _refusal_frame(party, size, kind)
-    receive, now = party.pump.receive_data, party.now
+    pump = party.rig.pump
+    receive, now = pump.receive_data, party.rig.clock.now
     # The first refusal of a flood writes the aggregated entry at once; the
     # timed ones only count (the clock does not move).
     receive(frame, now)
@@ -243,15 +244,15 @@ def test_pump_refuse(
 
     def refuse() -> bytes:
         receive(frame, now)
-        return party.pump.data_to_send()
+        return pump.data_to_send()
 
     assert benchmark(refuse) == b""  # refused in silence (S12)
     assert party.status().audit_next_seq == seq_before  # counted in RAM, nothing written
     benchmark.extra_info["wire_bytes"] = f"frame {len(frame)} B for {size} B of plaintext"
     # Once the aggregation interval has passed, the counts are written and
     # the host reads them from the verified log.
-    party.now += 200.0
-    party.press()
+    party.rig.clock.now += 200.0
+    party.rig.press()
     (entry,) = [e for e in party.history(seq_before) if e.event == "rejections"]
     count = entry.fields[_COUNTED_AS[kind]]
     assert isinstance(count, int)

@@ -115,7 +115,7 @@ def _patched(target: object, name: str, value: object) -> Iterator[None]:
 @contextmanager
 def _instrumented(party: PumpParty, tracker: _Tracker) -> Iterator[None]:
     """Wrap the pieces of an exchange, on this party and on the shared classes."""
-    pump: Any = party.pump  # private attributes of the firmware are reached on purpose
+    pump: Any = party.rig.pump  # private attributes of the firmware are reached on purpose
     wrap = tracker.wrap
     records = "record layer: SecureSession.seal/open (AES-CCM inside)"
     framing = "framing: COBS + CRC-16, both ways"
@@ -226,10 +226,10 @@ def _paths(party: PumpParty) -> list[_Path]:
     session = party.session
     fresh = session.seal(bytes(REFUSAL_SIZE))
     garbage = encode_frame(fresh[:-1] + bytes((fresh[-1] ^ 1,)))
-    receive = party.pump.receive_data
+    receive, clock = party.rig.pump.receive_data, party.rig.clock
 
     def refuse() -> None:
-        receive(garbage, party.now)
+        receive(garbage, clock.now)
 
     refuse()  # the first refusal of a flood writes the aggregated entry at once
     return [

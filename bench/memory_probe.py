@@ -113,21 +113,21 @@ def _cycle(frames: dict[str, list[bytes]]) -> Iterator[bytes]:
 
 def flood(party: PumpParty, frames: Iterator[bytes], count: int) -> float:
     """Send ``count`` refused frames; return the seconds it took."""
-    pump = party.pump
+    pump, clock = party.rig.pump, party.rig.clock
     receive, tick, data_to_send = pump.receive_data, pump.tick, pump.data_to_send
-    next_tick = party.now + TICK_S
+    next_tick = clock.now + TICK_S
     start = time.perf_counter()
     for index in range(1, count + 1):
         frame = next(frames)
-        party.now += len(frame) * 10 / BAUD
-        receive(frame, party.now)
-        if party.now >= next_tick:
-            tick(party.now)
-            next_tick = party.now + TICK_S
+        clock.now += len(frame) * 10 / BAUD
+        receive(frame, clock.now)
+        if clock.now >= next_tick:
+            tick(clock.now)
+            next_tick = clock.now + TICK_S
         if data_to_send():
             raise AssertionError("the pump answered a refused frame")
         if index % STATUS_EVERY == 0:
-            if party.session.needs_rekey(party.now):
+            if party.session.needs_rekey(clock.now):
                 party.connect()  # as the client does after 30 minutes (SPEC §8)
             party.status()  # raises if the remote is not served
     return time.perf_counter() - start
@@ -172,7 +172,7 @@ def measure(frame_count: int) -> dict[str, object]:
         "kinds": sorted(pools),
         "seconds": seconds,
         "us_per_frame": seconds / frame_count * 1e6,
-        "pump_seconds": party.now - 1000.0,
+        "pump_seconds": party.rig.clock.now - 1000.0,
         "rss_before": rss_before,
         "rss_after": rss_after,
         "rss_growth": rss_after - rss_before,

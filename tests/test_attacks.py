@@ -48,7 +48,6 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
@@ -59,7 +58,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from rig import TICK_S, DirectLink, FakeClock, Rig, pair, seeded_random
 
 from pumpguard.firmware_sim.legacy import LegacyPump
 from pumpguard.firmware_sim.motor import Motor
@@ -73,8 +71,10 @@ from pumpguard.host.client import (
     PumpRefused,
     RemoteClient,
 )
+from pumpguard.host.inmemory import TICK_S, Remote, Rig, SimulatedClock, records_in, seeded_random
 from pumpguard.host.journal import Journal
 from pumpguard.host.keystore import KeyStore
+from pumpguard.host.rawremote import RawRemote
 from pumpguard.host.tap import FaultPlan, Tap, replay, run_tap
 from pumpguard.host.transport import MemoryLink, RecordChannel, create_vnull
 from pumpguard.protocol import (
@@ -84,24 +84,18 @@ from pumpguard.protocol import (
     CommandOutcome,
     FrameDecoder,
     FramingError,
-    HandshakeInitiator,
     LimitPolicy,
-    Message,
     MessageType,
     Outcome,
     PairingResponder,
     ProtocolError,
     RefusalCode,
     Refused,
-    SecureSession,
     Status,
     StatusRequest,
-    decode_message,
     encode_frame,
-    encode_message,
     encode_policy,
     legacy,
-    paired_peer,
     pump_id,
     sign_policy,
     x25519_private,
@@ -124,44 +118,6 @@ def ms(now: float) -> int:
     return math.floor(now * 1000)
 
 
-def records_in(data: bytes) -> list[bytes]:
-    """The records in bytes the pump wrote (the pump only writes whole, valid frames)."""
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    out = []
-    while (record := decoder.next_record()) is not None:
-        out.append(record)
-    return out
-
-
-class WireLink(DirectLink):
-    """The remote's end of the rig's wire, remembering both directions per client."""
-
-    def __init__(self, rig: Rig) -> None:
-        super().__init__(rig)
-        self.sent: list[bytes] = []
-        self.received: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(data)
-        super().write(data)
-
-    def read(self, timeout: float) -> bytes:
-        data = super().read(timeout)
-        if data:
-            self.received.append(data)
-        return data
-
-
-@dataclass
-class Remote:
-    client: RemoteClient
-    link: WireLink
-    keys: KeyStore
-    journal: Journal
-    path: Path
-
-
 class World:
     """The rig plus the oracles: motor witness, basal model, the pump's answers."""
 
@@ -171,38 +127,15 @@ class World:
         self._boot_ms = ms(self.rig.clock.now)
         self._basal_before_boot = 0
         self._motor_at_start = self.rig.motor.pulses
-        self._journals: list[Journal] = []
 
     def remote(self, name: str, *, copy_of: Path | None = None) -> Remote:
         path = self.tmp / name
         if copy_of is not None:
             shutil.copytree(copy_of, path, ignore=shutil.ignore_patterns("journal*"))
-        keys = KeyStore.open(path)
-        journal = Journal.open(path)
-        self._journals.append(journal)
-        link = WireLink(self.rig)
-        client = RemoteClient(
-            RecordChannel(link, clock=self.rig.clock),
-            keys,
-            journal,
-            clock=self.rig.clock,
-            sleep=self.rig.advance,
-            random_bytes=seeded_random(f"client/{name}"),
-        )
-        return Remote(client, link, keys, journal, path)
-
-    def pair(self, remote: Remote) -> None:
-        pair(self.rig, remote.client)
+        return self.rig.attach(path, seed=f"client/{name}")
 
     def paired_remote(self, name: str = "remote") -> Remote:
-        remote = self.remote(name)
-        self.pair(remote)
-        self.rig.press(Button.REMOTE_BOLUS_ON)
-        return remote
-
-    def close(self) -> None:
-        for journal in self._journals:
-            journal.close()
+        return self.rig.paired_remote(self.tmp / name, seed=f"client/{name}")
 
     def reboot(self) -> None:
         self._basal_before_boot = self.expected_basal()
@@ -220,9 +153,7 @@ class World:
 
     def pump_output(self) -> bytes:
         """What the pump wrote since the last look (and nobody read)."""
-        out = bytes(self.rig.to_remote)
-        self.rig.to_remote.clear()
-        return out
+        return self.rig.take_output()
 
     def inject(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -238,7 +169,7 @@ class World:
 def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path)
     yield w
-    w.close()
+    w.rig.close()
 
 
 def recorded_since(world: World, start: int) -> list[bytes]:
@@ -248,57 +179,6 @@ def recorded_since(world: World, start: int) -> list[bytes]:
 def settle(world: World, seconds: float = 600.0) -> None:
     """Let any bolus that a replay might have started run to its end (200 pulses: 400 s)."""
     world.rig.advance(seconds)
-
-
-class RawRemote:
-    """The paired remote's keys driven one record at a time, with no retries.
-
-    The tamper tests need records the client would never send (altered
-    copies of its own); this builds them from the same keys directory.
-    """
-
-    def __init__(self, world: World, keys_dir: Path, seed: int) -> None:
-        keys = KeyStore.open(keys_dir)
-        pairing = keys.pairing()
-        assert pairing is not None
-        self.world = world
-        self.static = keys.remote_static()
-        self.peer = paired_peer(self.static, pairing.pump_static, local_is_remote=True)
-        self.random = random.Random(seed)
-        self._session: SecureSession | None = None
-        self._request_id = 100
-
-    def send(self, record: bytes) -> list[bytes]:
-        self.world.rig.inject(encode_frame(record))
-        return records_in(self.world.pump_output())
-
-    def handshake(self) -> None:
-        initiator = HandshakeInitiator(
-            local_static=self.static, peer=self.peer, random_bytes=self.random.randbytes
-        )
-        (reply,) = self.send(initiator.start())
-        keys = initiator.finish(reply)
-        self._session = SecureSession(keys, established_at=self.world.rig.clock.now)
-        assert isinstance(self.request(StatusRequest(self.next_id())), Status)
-
-    def next_id(self) -> int:
-        self._request_id += 1
-        return self._request_id
-
-    def seal(self, message: Message) -> bytes:
-        return self.seal_plaintext(encode_message(message))
-
-    def seal_plaintext(self, plaintext: bytes) -> bytes:
-        assert self._session is not None
-        return self._session.seal(plaintext)
-
-    def open(self, records: list[bytes]) -> Message:
-        assert self._session is not None
-        (record,) = records
-        return decode_message(self._session.open(record))
-
-    def request(self, message: Message) -> Message:
-        return self.open(self.send(self.seal(message)))
 
 
 # --- replay (S2, S3) ---------------------------------------------------------------------
@@ -408,7 +288,7 @@ def test_a_bolus_replayed_after_re_pairing_delivers_nothing(world: World, same_k
     else:
         remote.client.unpair()
         again = world.remote("second")
-    world.pair(again)
+    world.rig.pair(again.client)
     # A new pairing switches remote bolus off (SPEC §9.5): the user switches it on again.
     world.rig.press(Button.REMOTE_BOLUS_ON)
     world.pump_output()
@@ -444,10 +324,10 @@ def commit_ready(world: World) -> tuple[RawRemote, BolusCommit]:
     """A live session and a challenge: a BolusCommit the pump would execute."""
     remote = world.paired_remote()
     world.rig.user.opens_pairing = False  # nobody at the pump to open pairing mode
-    raw = RawRemote(world, remote.path, seed=7)
-    raw.handshake()
+    raw = RawRemote.from_keys(world.rig, remote.path, random_bytes=random.Random(7).randbytes)
+    raw.connect()
     command_id = bytes(range(16))
-    challenge = raw.request(BolusPrepare(raw.next_id(), command_id, 20))
+    challenge = raw.exchange(BolusPrepare(raw.next_id(), command_id, 20))
     assert isinstance(challenge, BolusChallenge)
     return raw, BolusCommit(raw.next_id(), command_id, 20, challenge.challenge)
 
@@ -487,7 +367,7 @@ def assert_silently_refused(world: World, records: list[bytes], *, framed: bool 
 
 def assert_genuine_commit_still_works(world: World, raw: RawRemote, commit: BolusCommit) -> None:
     """Refused records changed no state: the real commit executes, exactly once."""
-    outcome = raw.request(commit)
+    outcome = raw.exchange(commit)
     assert isinstance(outcome, CommandOutcome)
     assert outcome.outcome is Outcome.IN_PROGRESS
     settle(world, 60)
@@ -680,8 +560,8 @@ def test_a_rewritten_type_byte_is_refused_for_handshakes_and_data(world: World) 
     world.rig.inject(encode_frame(init))
     assert [r[0] for r in records_in(world.pump_output())] == [HANDSHAKE_RESP]
 
-    raw = RawRemote(world, remote.path, seed=11)
-    raw.handshake()
+    raw = RawRemote.from_keys(world.rig, remote.path, random_bytes=random.Random(11).randbytes)
+    raw.connect()
     record = raw.seal(StatusRequest(raw.next_id()))
     for kind in range(256):
         if kind != DATA:
@@ -724,7 +604,7 @@ def test_a_never_paired_remote_that_knows_the_pumps_public_key_gets_nothing(
 class FakePump:
     """Something on the remote's link that is not its pump (a :class:`Link`)."""
 
-    def __init__(self, clock: FakeClock, answer: Callable[[bytes], list[bytes]]) -> None:
+    def __init__(self, clock: SimulatedClock, answer: Callable[[bytes], list[bytes]]) -> None:
         self._clock = clock
         self._answer = answer
         self._decoder = FrameDecoder()
@@ -756,7 +636,9 @@ class FakePump:
         return None
 
 
-def client_on(link: FakePump, keys_dir: Path, clock: FakeClock) -> tuple[RemoteClient, Journal]:
+def client_on(
+    link: FakePump, keys_dir: Path, clock: SimulatedClock
+) -> tuple[RemoteClient, Journal]:
     journal = Journal.open(keys_dir)
 
     def sleep(seconds: float) -> None:
@@ -810,7 +692,7 @@ def test_a_fake_pump_answering_the_handshake_is_refused_and_nothing_is_stored(
             return genuine[:1]
         return [bytes([HANDSHAKE_RESP]) + record[1:]]
 
-    clock = FakeClock()
+    clock = SimulatedClock()
     link = FakePump(clock, answer)
     client, journal = client_on(link, victim_dir, clock)
     before = snapshot(victim_dir)
@@ -830,7 +712,7 @@ def test_a_fake_pump_answering_the_handshake_is_refused_and_nothing_is_stored(
 
 
 def _fake_pump_for_pairing(
-    fault: str, rng: random.Random, clock: FakeClock
+    fault: str, rng: random.Random, clock: SimulatedClock
 ) -> Callable[[bytes], list[bytes]]:
     responder = PairingResponder(x25519_private(rng.randbytes(32)), rng.randbytes)
 
@@ -850,7 +732,7 @@ def _fake_pump_for_pairing(
 
 @pytest.mark.parametrize("fault", ["nonce not committed", "small-order key"])
 def test_a_fake_pump_in_pairing_stores_nothing(tmp_path: Path, fault: str) -> None:
-    clock = FakeClock()
+    clock = SimulatedClock()
     link = FakePump(clock, _fake_pump_for_pairing(fault, random.Random(fault), clock))
     keys_dir = tmp_path / "remote"
     KeyStore.open(keys_dir)
@@ -876,7 +758,7 @@ def test_a_fake_pump_in_pairing_is_a_client_error_pumpctl_can_report(
 ) -> None:
     """Regression: RemoteClient.pair let protocol.AuthenticationFailed escape (not a
     ClientError), so pumpctl pair crashed with a traceback instead of exiting 2."""
-    clock = FakeClock()
+    clock = SimulatedClock()
     link = FakePump(clock, _fake_pump_for_pairing(fault, random.Random(fault), clock))
     keys_dir = tmp_path / "remote"
     KeyStore.open(keys_dir)
@@ -1089,8 +971,8 @@ def test_a_stolen_key_cannot_make_a_new_pairing_without_the_front_panel(
     world.rig.user.opens_pairing = False  # the patient is not opening the pairing menu
     remotes = world.rig.pump.persistent.remotes
     # No message of any type number opens pairing mode or touches the remote list.
-    raw = RawRemote(world, attacker.path, seed=13)
-    raw.handshake()
+    raw = RawRemote.from_keys(world.rig, attacker.path, random_bytes=random.Random(13).randbytes)
+    raw.connect()
     for kind in range(256):
         if kind == MessageType.UNPAIR:
             continue  # a stolen key may unpair itself: that only takes power away

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rig import DirectLink, Rig, pair, seeded_random
 from test_e2e_pty import (
     PumpSim,
     ctl,
@@ -51,10 +50,10 @@ from pumpguard.firmware_sim import config
 from pumpguard.firmware_sim.motor import Motor
 from pumpguard.firmware_sim.offline import FLASH_FILE, MOTOR_FILE, open_state
 from pumpguard.firmware_sim.pump import Pump
-from pumpguard.host.client import RemoteClient
+from pumpguard.host.inmemory import Rig
 from pumpguard.host.journal import JOURNAL_FILE, Journal
 from pumpguard.host.keystore import KEY_FILE, PAIRING_FILE, KeyStore
-from pumpguard.host.transport import RecordChannel, create_vnull
+from pumpguard.host.transport import create_vnull
 
 Main = Callable[[list[str]], int]
 Capture = pytest.CaptureFixture[str]
@@ -84,18 +83,10 @@ def pumpsim(argv: list[str], capsys: Capture) -> tuple[int, str, str]:
 def paired_keys(directory: Path) -> Path:
     """A keys directory really paired with an in-memory pump (SPEC §9), journal closed."""
     rig = Rig(seed="cli")
-    keys = KeyStore.open(directory)
-    with Journal.open(directory) as journal:
-        client = RemoteClient(
-            RecordChannel(DirectLink(rig), clock=rig.clock),
-            keys,
-            journal,
-            clock=rig.clock,
-            sleep=rig.advance,
-            random_bytes=seeded_random("cli-remote"),
-        )
-        pair(rig, client)
-    assert keys.pairing() is not None
+    remote = rig.attach(directory, seed="cli-remote")
+    with remote.journal:
+        rig.pair(remote.client)
+    assert remote.keys.pairing() is not None
     return directory
 
 

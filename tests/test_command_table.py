@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from rig import Rig, seeded_random
-from test_pump import enrol_prescriber, make_bench, records_in, signed
+from test_pump import enrol_prescriber, make_bench, signed
 
 from pumpguard.firmware_sim import commands, config
 from pumpguard.firmware_sim.commands import COMMAND_TABLE, CommandRule, PumpMode, Role
 from pumpguard.firmware_sim.panel import Button
-from pumpguard.host.keystore import KeyStore
+from pumpguard.host.inmemory import Rig, seeded_random
+from pumpguard.host.rawremote import RawRemote
 from pumpguard.protocol import (
     BolusCancel,
     BolusChallenge,
@@ -35,7 +35,6 @@ from pumpguard.protocol import (
     BolusPrepare,
     CommandOutcome,
     CommandQuery,
-    HandshakeInitiator,
     History,
     HistoryRequest,
     LimitPolicy,
@@ -46,15 +45,10 @@ from pumpguard.protocol import (
     PolicyUpload,
     RefusalCode,
     Refused,
-    SecureSession,
     Status,
     StatusRequest,
     Unpair,
-    decode_message,
-    encode_frame,
-    encode_message,
     messages,
-    paired_peer,
 )
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "SPEC.md"
@@ -147,60 +141,12 @@ def test_the_spec_table_is_the_command_table() -> None:
 # --- The table on the firmware ------------------------------------------------------------
 
 
-class HandRemote:
-    """A paired remote's keys, one record at a time and no retries, on the rig."""
-
-    def __init__(self, rig: Rig, keys_dir: Path) -> None:
-        keys = KeyStore.open(keys_dir)
-        pairing = keys.pairing()
-        assert pairing is not None
-        self.rig = rig
-        self.static = keys.remote_static()
-        self.peer = paired_peer(self.static, pairing.pump_static, local_is_remote=True)
-        self.random = seeded_random("hand remote")
-        self.session: SecureSession | None = None
-        self.request_id = 1000
-
-    def send(self, record: bytes) -> list[bytes]:
-        """Inject one record; return every record the pump sent back."""
-        self.rig.to_remote.clear()
-        self.rig.inject(encode_frame(record))
-        replies = records_in(bytes(self.rig.to_remote))
-        self.rig.to_remote.clear()
-        return replies
-
-    def handshake(self) -> bool:
-        """A new session; False if the pump does not answer."""
-        initiator = HandshakeInitiator(
-            local_static=self.static, peer=self.peer, random_bytes=self.random
-        )
-        replies = self.send(initiator.start())
-        if not replies:
-            return False
-        (reply,) = replies
-        self.session = SecureSession(initiator.finish(reply), established_at=self.rig.clock.now)
-        return True
-
-    def next_id(self) -> int:
-        self.request_id += 1
-        return self.request_id
-
-    def ask(self, message: Message) -> Message | None:
-        """Send ``message`` sealed; the pump's one answer, or None if it sent nothing."""
-        assert self.session is not None
-        replies = self.send(self.session.seal(encode_message(message)))
-        if not replies:
-            return None
-        (record,) = replies
-        return decode_message(self.session.open(record))
-
-
 @dataclass
 class Case:
     """A request of one row's type, made ready in RUNNING, and what its handler does."""
 
     #: Runs in RUNNING before the pump is put in the mode under test; returns the request.
-    build: Callable[[Rig, HandRemote], Message]
+    build: Callable[[Rig, RawRemote], Message]
     #: The handler's answer and its effect on the pump.
     check: Callable[[Rig, Message, Message], None]
 
@@ -209,13 +155,13 @@ CID = bytes(range(16))
 POLICY = LimitPolicy(1, 100, 150, 500)
 
 
-def _challenge(remote: HandRemote, pulses: int) -> bytes:
+def _challenge(remote: RawRemote, pulses: int) -> bytes:
     answer = remote.ask(BolusPrepare(remote.next_id(), CID, pulses))
     assert isinstance(answer, BolusChallenge)
     return answer.challenge
 
 
-def _running_bolus(rig: Rig, remote: HandRemote) -> Message:
+def _running_bolus(rig: Rig, remote: RawRemote) -> Message:
     challenge = _challenge(remote, 40)
     started = remote.ask(BolusCommit(remote.next_id(), CID, 40, challenge))
     assert isinstance(started, CommandOutcome)
@@ -223,7 +169,7 @@ def _running_bolus(rig: Rig, remote: HandRemote) -> Message:
     return BolusCancel(remote.next_id())
 
 
-def _with_prescriber(rig: Rig, remote: HandRemote) -> Message:
+def _with_prescriber(rig: Rig, remote: RawRemote) -> Message:
     enrol_prescriber(rig)
     body, signature = signed(POLICY, rig)
     return PolicyUpload(remote.next_id(), body, signature)
@@ -292,17 +238,17 @@ def test_every_row_has_a_case() -> None:
 @dataclass
 class Setup:
     rig: Rig
-    remote: HandRemote
+    remote: RawRemote
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
     """A paired pump with remote bolus on, and a hand-driven remote in session."""
     bench = make_bench(tmp_path)
-    remote = HandRemote(bench.rig, bench.keys_dir)
+    remote = RawRemote.from_keys(bench.rig, bench.path, random_bytes=seeded_random("hand remote"))
     assert remote.handshake()
     yield Setup(bench.rig, remote)
-    bench.journal.close()
+    bench.rig.close()
 
 
 def _enter(rig: Rig, mode: PumpMode) -> None:

@@ -9,7 +9,7 @@ with the pump's clock 50 times faster.  The remote-to-pump and pump-to-remote
 directions each have a fault hook, so a test can lose the pump's replies at
 an exact moment -- the moment a ``pumpctl`` would be killed or a cable pulled.
 
-The lost-reply cases are also run on :class:`rig.Rig`'s ``DirectLink`` (one
+The lost-reply cases are also run on :class:`host.inmemory.Rig`'s ``DirectLink`` (one
 thread, simulated clock): deterministic, and ``replies_arrive = False`` is a
 link that dies after the request went out.
 
@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rig import DirectLink, Rig, pair, seeded_random
 
 from pumpguard.firmware_sim import config
 from pumpguard.firmware_sim.flash import Flash
@@ -53,6 +52,7 @@ from pumpguard.host.client import (
     PumpRefused,
     RemoteClient,
 )
+from pumpguard.host.inmemory import DirectLink, Rig
 from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KEY_FILE, KeyStore
 from pumpguard.host.transport import MemoryLink, RecordChannel
@@ -298,16 +298,8 @@ def test_reply_lost_after_the_pump_started_is_unknown_then_settled_once(
 
 
 def rig_client(rig: Rig, keys: Path, journal: Journal) -> tuple[RemoteClient, DirectLink]:
-    link = DirectLink(rig)
-    client = RemoteClient(
-        RecordChannel(link, clock=rig.clock),
-        KeyStore.open(keys),
-        journal,
-        clock=rig.clock,
-        sleep=rig.advance,
-        random_bytes=seeded_random(f"remote-{len(rig.from_remote)}"),
-    )
-    return client, link
+    remote = rig.attach(keys, seed=f"remote-{len(rig.from_remote)}", journal=journal)
+    return remote.client, remote.link
 
 
 @pytest.fixture
@@ -317,7 +309,7 @@ def paired_rig(tmp_path: Path) -> tuple[Rig, Path]:
     KeyStore.open(keys)
     with Journal.open(keys) as journal:
         client, _ = rig_client(rig, keys, journal)
-        pair(rig, client)
+        rig.pair(client)
     rig.press(Button.REMOTE_BOLUS_ON)
     return rig, keys
 

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rig import TICK_S, Rig, pair, seeded_random
 
 from pumpguard.firmware_sim.panel import Button
 from pumpguard.firmware_sim.runner import ScaledClock, running_in_thread
 from pumpguard.host.capture import CapturedFrame, CaptureWriter, Direction, read_capture
 from pumpguard.host.client import OutcomeUnknown, PumpRefused, RemoteClient
+from pumpguard.host.inmemory import TICK_S, DirectLink, Rig
 from pumpguard.host.journal import Journal, SettledCommand
 from pumpguard.host.keystore import KeyStore
 from pumpguard.host.tap import FaultInjector, FaultPlan, Tap
@@ -90,7 +90,7 @@ class RecordingJournal(Journal):
         return settled
 
 
-class FaultWire:
+class FaultWire(DirectLink):
     """The remote's link to the rig's pump through two fault injectors, on the rig's clock.
 
     Implements :class:`host.transport.Link`.  Time passes only in
@@ -99,7 +99,7 @@ class FaultWire:
     """
 
     def __init__(self, rig: Rig, capture: CaptureWriter | None = None) -> None:
-        self._rig = rig
+        super().__init__(rig)
         self._capture = capture
         self._inbox = bytearray()
         self.up = FaultInjector(Direction.A_TO_B, FaultPlan(), record=self._record)
@@ -117,11 +117,11 @@ class FaultWire:
 
     def _deliver(self, to_pump: bytes, to_remote: bytes) -> None:
         if to_pump:
-            self._rig.pump.receive_data(to_pump, self._rig.clock.now)
+            self.rig.pump.receive_data(to_pump, self.rig.clock.now)
         self._inbox += to_remote
 
     def _step(self) -> None:
-        rig = self._rig
+        rig = self.rig
         now = rig.clock.now
         self._deliver(self.up.due(now), b"")
         rig.tick()
@@ -132,18 +132,18 @@ class FaultWire:
         self._deliver(b"", self.down.due(now))
 
     def advance(self, seconds: float) -> None:
-        clock = self._rig.clock
+        clock = self.rig.clock
         end = clock.now + seconds
         while clock.now < end:
             clock.now = min(end, clock.now + TICK_S)
             self._step()
 
     def write(self, data: bytes) -> None:
-        self.up.receive(data, self._rig.clock.now)
+        self.up.receive(data, self.rig.clock.now)
         self._step()
 
     def read(self, timeout: float) -> bytes:
-        clock = self._rig.clock
+        clock = self.rig.clock
         end = clock.now + max(0.0, timeout)
         self._step()
         while not self._inbox and clock.now < end:
@@ -190,19 +190,12 @@ def soak(tmp_path: Path) -> Iterator[Soak]:
     boot_ms = math.floor(rig.clock.now * 1000)
     wire = FaultWire(rig, CaptureWriter(tmp_path / "soak.pcap"))
     keys_dir = tmp_path / "keys"
-    keys = KeyStore.open(keys_dir)
+    KeyStore.open(keys_dir)  # the directory, before the journal in it
     journal = RecordingJournal.open(keys_dir)
     assert isinstance(journal, RecordingJournal)
     journal.answers = {}
-    client = RemoteClient(
-        RecordChannel(wire, clock=rig.clock),
-        keys,
-        journal,
-        clock=rig.clock,
-        sleep=wire.advance,
-        random_bytes=seeded_random("soak client"),
-    )
-    pair(rig, client)
+    client = rig.attach(keys_dir, seed="soak client", link=wire, journal=journal).client
+    rig.pair(client)
     rig.press(Button.REMOTE_BOLUS_ON)
     _open_limits(rig, client)
     try:
@@ -309,20 +302,13 @@ def test_the_fast_soak_is_deterministic(tmp_path: Path) -> None:
         rig = Rig(seed="det")
         wire = FaultWire(rig)
         keys_dir = tmp_path / f"keys{run}"
-        keys = KeyStore.open(keys_dir)
+        KeyStore.open(keys_dir)
         journal = RecordingJournal.open(keys_dir)
         assert isinstance(journal, RecordingJournal)
         journal.answers = {}
-        client = RemoteClient(
-            RecordChannel(wire, clock=rig.clock),
-            keys,
-            journal,
-            clock=rig.clock,
-            sleep=wire.advance,
-            random_bytes=seeded_random("det client"),
-        )
+        client = rig.attach(keys_dir, seed="det client", link=wire, journal=journal).client
         try:
-            pair(rig, client)
+            rig.pair(client)
             rig.press(Button.REMOTE_BOLUS_ON)
             wire.set_plan(SOAK_FAULTS)
             run_boluses(client, 10, random.Random(5))
@@ -366,15 +352,8 @@ def test_bolus_soak_through_the_threaded_tap(tmp_path: Path) -> None:
     journal.answers = {}
     try:
         # Pair on the rig (deterministic), then move the pump onto a thread.
-        paired = RemoteClient(
-            RecordChannel(_RigLink(rig), clock=rig.clock),
-            keys,
-            journal,
-            clock=rig.clock,
-            sleep=rig.advance,
-            random_bytes=seeded_random("threaded pairing"),
-        )
-        pair(rig, paired)
+        paired = rig.attach(keys_dir, seed="threaded pairing", journal=journal).client
+        rig.pair(paired)
         rig.press(Button.REMOTE_BOLUS_ON)
         motor_start = rig.motor.pulses
         basal_start = rig.pump.delivery.basal_pulses_delivered
@@ -411,26 +390,3 @@ def test_bolus_soak_through_the_threaded_tap(tmp_path: Path) -> None:
         assert len(read_capture(tmp_path / "threaded.pcap")) > 0
     finally:
         journal.close()
-
-
-class _RigLink:
-    """The rig's direct wire, for pairing before the pump moves to a thread."""
-
-    def __init__(self, rig: Rig) -> None:
-        self._rig = rig
-
-    def write(self, data: bytes) -> None:
-        self._rig.inject(data)
-
-    def read(self, timeout: float) -> bytes:
-        rig = self._rig
-        end = rig.clock.now + timeout
-        while not rig.to_remote and rig.clock.now < end:
-            rig.clock.now = min(end, rig.clock.now + TICK_S)
-            rig.tick()
-        data = bytes(rig.to_remote)
-        rig.to_remote.clear()
-        return data
-
-    def close(self) -> None:
-        return None

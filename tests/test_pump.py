@@ -1,7 +1,7 @@
 """The pump firmware driven by a real remote client, over the rig's direct link.
 
 Every test runs :class:`firmware_sim.pump.Pump` against :class:`host.client.RemoteClient`
-on one simulated clock (tests/rig.py) and judges what can be observed: the motor's own
+on one simulated clock (host/inmemory.py) and judges what can be observed: the motor's own
 pulse count (the independent witness), the firmware's ledger, the refusal codes that come
 back, the front panel, and the audit log read straight from flash.
 
@@ -29,13 +29,11 @@ back, the front panel, and the audit log read straight from flash.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rig import DirectLink, Rig, pair, seeded_random
 
 from pumpguard.firmware_sim import config
 from pumpguard.firmware_sim.audit import AuditLog
@@ -49,16 +47,14 @@ from pumpguard.host.client import (
     PumpRefused,
     RemoteClient,
 )
-from pumpguard.host.journal import Journal
+from pumpguard.host.inmemory import Remote, Rig, records_in
 from pumpguard.host.keystore import KeyStore
-from pumpguard.host.transport import RecordChannel
 from pumpguard.protocol import (
     BolusChallenge,
     BolusCommit,
     BolusPrepare,
     CommandOutcome,
     CommandQuery,
-    FrameDecoder,
     LimitPolicy,
     Message,
     Outcome,
@@ -80,57 +76,25 @@ PRESCRIBER_PUBLIC = PRESCRIBER.public_key().public_bytes_raw()
 # --- The bench: a paired pump and remote ------------------------------------------------
 
 
-@dataclass
-class Bench:
-    rig: Rig
-    client: RemoteClient
-    link: DirectLink
-    journal: Journal
-    keys_dir: Path
-
-
-def attach_remote(
-    rig: Rig, keys_dir: Path, *, seed: str = "remote"
-) -> tuple[RemoteClient, DirectLink, Journal]:
-    """A remote on the rig's clock; unlike ``rig.remote`` it hands back link and journal."""
-    link = DirectLink(rig)
-    keys = KeyStore.open(keys_dir)
-    journal = Journal.open(keys_dir)
-    client = RemoteClient(
-        RecordChannel(link, clock=rig.clock),
-        keys,
-        journal,
-        clock=rig.clock,
-        sleep=rig.advance,
-        random_bytes=seeded_random(seed),
-    )
-    return client, link, journal
-
-
-def make_bench(tmp_path: Path, *, remote_bolus: bool = True) -> Bench:
-    rig = Rig()
-    keys_dir = tmp_path / "keys"
-    client, link, journal = attach_remote(rig, keys_dir)
-    pair(rig, client)
-    if remote_bolus:
-        rig.press(Button.REMOTE_BOLUS_ON)
-    client.status()  # a session, and the audit key pinned
-    return Bench(rig, client, link, journal, keys_dir)
+def make_bench(tmp_path: Path, *, remote_bolus: bool = True) -> Remote:
+    bench = Rig().paired_remote(tmp_path / "keys", remote_bolus=remote_bolus)
+    bench.client.status()  # a session, and the audit key pinned
+    return bench
 
 
 @pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
+def bench(tmp_path: Path) -> Iterator[Remote]:
     made = make_bench(tmp_path)
     yield made
-    made.journal.close()
+    made.rig.close()
 
 
 @pytest.fixture
-def bench_off(tmp_path: Path) -> Iterator[Bench]:
+def bench_off(tmp_path: Path) -> Iterator[Remote]:
     """Paired, remote bolus left as the factory set it (off)."""
     made = make_bench(tmp_path, remote_bolus=False)
     yield made
-    made.journal.close()
+    made.rig.close()
 
 
 def cid(n: int) -> bytes:
@@ -148,10 +112,7 @@ def bolus_pulses(rig: Rig) -> int:
 
 def fast_forward(rig: Rig, seconds: float, step: float = 1.0) -> None:
     """Let time pass in 1 s ticks (within every catch-up bound, 20x cheaper than advance)."""
-    end = rig.clock.now + seconds
-    while rig.clock.now < end:
-        rig.clock.now = min(end, rig.clock.now + step)
-        rig.tick()
+    rig.advance(seconds, step)
 
 
 def refused(call: Callable[[], object]) -> PumpRefused:
@@ -182,16 +143,6 @@ def flash_audit(rig: Rig) -> list[AuditEntry]:
     return AuditLog(rig.flash, *config.FLASH_AUDIT, signing_key=key).entries()
 
 
-def records_in(data: bytes) -> list[bytes]:
-    """The records in a byte stream of frames (SPEC §3)."""
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    records = []
-    while (record := decoder.next_record()) is not None:
-        records.append(record)
-    return records
-
-
 def events_for(entries: list[AuditEntry], command_id: bytes) -> list[tuple[str, object]]:
     return [
         (e.event, e.fields.get("pulses")) for e in entries if e.fields.get("cmd_id") == command_id
@@ -201,7 +152,7 @@ def events_for(entries: list[AuditEntry], command_id: bytes) -> list[tuple[str, 
 # --- Commands -----------------------------------------------------------------------------
 
 
-def test_bolus_is_delivered_pulse_for_pulse_and_announced(bench: Bench) -> None:
+def test_bolus_is_delivered_pulse_for_pulse_and_announced(bench: Remote) -> None:
     rig = bench.rig
     progress: list[tuple[int, int]] = []
     result = bench.client.bolus(20, lambda done, asked: progress.append((done, asked)))
@@ -222,7 +173,7 @@ def test_bolus_is_delivered_pulse_for_pulse_and_announced(bench: Bench) -> None:
     assert bolus_pulses(rig) == 20  # nothing after the end
 
 
-def test_remote_cancels_a_bolus_in_progress(bench: Bench) -> None:
+def test_remote_cancels_a_bolus_in_progress(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(1), 100)
     assert outcome_of(commit(client, cid(1), 100, challenge))[0] is Outcome.IN_PROGRESS
@@ -241,7 +192,7 @@ def test_remote_cancels_a_bolus_in_progress(bench: Bench) -> None:
     assert unrecorded_pulses(rig) == 0
 
 
-def test_cancel_at_the_pump_ends_the_remote_bolus(bench: Bench) -> None:
+def test_cancel_at_the_pump_ends_the_remote_bolus(bench: Remote) -> None:
     rig = bench.rig
 
     def user_cancels_at_five(done: int, asked: int) -> None:
@@ -255,11 +206,11 @@ def test_cancel_at_the_pump_ends_the_remote_bolus(bench: Bench) -> None:
     assert bolus_pulses(rig) == result.delivered_pulses
 
 
-def test_cancel_with_no_bolus_running_is_refused(bench: Bench) -> None:
+def test_cancel_with_no_bolus_running_is_refused(bench: Remote) -> None:
     assert refused(bench.client.cancel).code is RefusalCode.NOTHING_TO_CANCEL
 
 
-def test_status_reports_the_pumps_own_counts(bench: Bench) -> None:
+def test_status_reports_the_pumps_own_counts(bench: Remote) -> None:
     rig = bench.rig
     bench.client.bolus(10)
     fast_forward(rig, 400)
@@ -274,7 +225,7 @@ def test_status_reports_the_pumps_own_counts(bench: Bench) -> None:
     )
 
 
-def test_remote_bolus_is_off_after_pairing(bench_off: Bench) -> None:
+def test_remote_bolus_is_off_after_pairing(bench_off: Remote) -> None:
     rig = bench_off.rig
     assert rig.pump.persistent.remote_bolus_enabled is False
     assert refused(lambda: bench_off.client.bolus(10)).code is RefusalCode.REMOTE_BOLUS_DISABLED
@@ -283,7 +234,7 @@ def test_remote_bolus_is_off_after_pairing(bench_off: Bench) -> None:
     assert rig.pump.persistent.outcomes == ()
 
 
-def test_remote_bolus_switched_off_at_the_panel_refuses_and_delivers_nothing(bench: Bench) -> None:
+def test_remote_bolus_switched_off_at_the_panel_refuses_and_delivers_nothing(bench: Remote) -> None:
     rig = bench.rig
     bench.client.bolus(4)
     rig.press(Button.REMOTE_BOLUS_OFF)
@@ -295,7 +246,7 @@ def test_remote_bolus_switched_off_at_the_panel_refuses_and_delivers_nothing(ben
     assert bench.client.bolus(10).delivered_pulses == 10
 
 
-def test_remote_bolus_switched_off_between_prepare_and_commit(bench: Bench) -> None:
+def test_remote_bolus_switched_off_between_prepare_and_commit(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(2), 10)
     rig.press(Button.REMOTE_BOLUS_OFF)
@@ -314,13 +265,13 @@ def test_remote_bolus_switched_off_between_prepare_and_commit(bench: Bench) -> N
 @pytest.mark.parametrize(
     "pulses", [wire.FACTORY_MAX_BOLUS_PULSES - 1, wire.FACTORY_MAX_BOLUS_PULSES]
 )
-def test_single_limit_accepts_up_to_the_max(bench: Bench, pulses: int) -> None:
+def test_single_limit_accepts_up_to_the_max(bench: Remote, pulses: int) -> None:
     result = bench.client.bolus(pulses)
     assert (result.outcome, result.delivered_pulses) == (Outcome.DELIVERED, pulses)
     assert bolus_pulses(bench.rig) == pulses
 
 
-def test_single_limit_refuses_one_pulse_more(bench: Bench) -> None:
+def test_single_limit_refuses_one_pulse_more(bench: Remote) -> None:
     rig = bench.rig
     over = wire.FACTORY_MAX_BOLUS_PULSES + 1
     refusal = refused(lambda: bench.client.bolus(over))
@@ -334,7 +285,7 @@ def test_single_limit_refuses_one_pulse_more(bench: Bench) -> None:
     assert rig.pump.persistent.outcomes == ()
 
 
-def test_hourly_cap_refuses_split_boluses_at_the_cap_across_reboots(bench: Bench) -> None:
+def test_hourly_cap_refuses_split_boluses_at_the_cap_across_reboots(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     assert client.bolus(150).delivered_pulses == 150
     rig.reboot()
@@ -351,7 +302,7 @@ def test_hourly_cap_refuses_split_boluses_at_the_cap_across_reboots(bench: Bench
     assert unrecorded_pulses(rig) == 0
 
 
-def test_hourly_window_reopens_only_after_an_hour(bench: Bench) -> None:
+def test_hourly_window_reopens_only_after_an_hour(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     client.bolus(150)
     first_end = rig.clock.now  # the bolus ended at most one poll before this
@@ -366,7 +317,7 @@ def test_hourly_window_reopens_only_after_an_hour(bench: Bench) -> None:
     assert client.bolus(150).delivered_pulses == 150
 
 
-def test_daily_cap_refuses_at_the_cap_across_reboots(bench: Bench) -> None:
+def test_daily_cap_refuses_at_the_cap_across_reboots(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     first_end = 0.0
     for n in range(4):
@@ -390,7 +341,7 @@ def test_daily_cap_refuses_at_the_cap_across_reboots(bench: Bench) -> None:
     assert bolus_pulses(rig) == wire.FACTORY_MAX_24H_PULSES + 200
 
 
-def test_time_the_pump_was_off_does_not_reopen_a_window(bench: Bench) -> None:
+def test_time_the_pump_was_off_does_not_reopen_a_window(bench: Remote) -> None:
     """The monotonic clock restarts at boot: the pump must count the outage as zero."""
     rig, client = bench.rig, bench.client
     client.bolus(200)
@@ -404,7 +355,7 @@ def test_time_the_pump_was_off_does_not_reopen_a_window(bench: Bench) -> None:
 # --- Exactly once (S7) ------------------------------------------------------------------
 
 
-def test_retried_commit_and_prepare_return_the_stored_outcome(bench: Bench) -> None:
+def test_retried_commit_and_prepare_return_the_stored_outcome(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(3), 20)
     first = commit(client, cid(3), 20, challenge)
@@ -423,7 +374,7 @@ def test_retried_commit_and_prepare_return_the_stored_outcome(bench: Bench) -> N
     assert [o.command_id for o in rig.pump.persistent.outcomes] == [cid(3)]
 
 
-def test_same_id_with_another_dose_is_a_conflict(bench: Bench) -> None:
+def test_same_id_with_another_dose_is_a_conflict(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(4), 20)
     commit(client, cid(4), 20, challenge)
@@ -437,7 +388,7 @@ def test_same_id_with_another_dose_is_a_conflict(bench: Bench) -> None:
     assert bolus_pulses(rig) == 20
 
 
-def test_outcome_is_queryable_across_reboot(bench: Bench) -> None:
+def test_outcome_is_queryable_across_reboot(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     result = client.bolus(12)
     rig.reboot()
@@ -452,7 +403,7 @@ def test_outcome_is_queryable_across_reboot(bench: Bench) -> None:
     assert bolus_pulses(rig) == 12
 
 
-def test_query_of_an_unknown_id_voids_its_challenge(bench: Bench) -> None:
+def test_query_of_an_unknown_id_voids_its_challenge(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(5), 10)
     assert outcome_of(client.request(CommandQuery(UNASSIGNED_ID, cid(5)))) == (
@@ -468,7 +419,7 @@ def test_query_of_an_unknown_id_voids_its_challenge(bench: Bench) -> None:
     assert rig.pump.persistent.outcome(cid(5)) is None
 
 
-def test_a_lost_reply_is_settled_to_the_real_outcome(bench: Bench) -> None:
+def test_a_lost_reply_is_settled_to_the_real_outcome(bench: Remote) -> None:
     rig, client, link = bench.rig, bench.client, bench.link
 
     def link_dies(done: int, asked: int) -> None:
@@ -493,7 +444,7 @@ def test_a_lost_reply_is_settled_to_the_real_outcome(bench: Bench) -> None:
     assert bolus_pulses(rig) == 30
 
 
-def test_a_bolus_whose_prepare_never_arrived_is_settled_as_not_delivered(bench: Bench) -> None:
+def test_a_bolus_whose_prepare_never_arrived_is_settled_as_not_delivered(bench: Remote) -> None:
     rig, client, link = bench.rig, bench.client, bench.link
     link.requests_arrive = False
     with pytest.raises(OutcomeUnknown) as info:
@@ -522,8 +473,9 @@ def test_a_restarted_host_settles_from_its_journal(tmp_path: Path) -> None:
 
     with pytest.raises(HostKilled):
         made.client.bolus(40, host_killed)
-    made.journal.close()
-    client, _link, journal = attach_remote(rig, made.keys_dir, seed="restarted")
+    made.close()
+    restarted = rig.attach(made.path, seed="restarted")
+    client, journal = restarted.client, restarted.journal
     try:
         (pending,) = journal.pending()
         assert client.settle_pending() == []
@@ -539,7 +491,7 @@ def test_a_restarted_host_settles_from_its_journal(tmp_path: Path) -> None:
         journal.close()
 
 
-def test_replayed_bolus_records_deliver_nothing(bench: Bench) -> None:
+def test_replayed_bolus_records_deliver_nothing(bench: Remote) -> None:
     rig = bench.rig
     bench.client.bolus(10)
     recorded = list(rig.from_remote)
@@ -564,7 +516,7 @@ def test_replayed_bolus_records_deliver_nothing(bench: Bench) -> None:
     [(wire.BOLUS_CHALLENGE_TTL_S - 0.5, True), (wire.BOLUS_CHALLENGE_TTL_S + 0.5, False)],
 )
 def test_commit_is_refused_after_the_challenge_ttl(
-    bench: Bench, wait: float, accepted: bool
+    bench: Remote, wait: float, accepted: bool
 ) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(6), 10)
@@ -578,7 +530,7 @@ def test_commit_is_refused_after_the_challenge_ttl(
     assert bolus_pulses(rig) == (10 if accepted else 0)
 
 
-def test_a_challenge_does_not_survive_reboot(bench: Bench) -> None:
+def test_a_challenge_does_not_survive_reboot(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(7), 10)
     rig.reboot()
@@ -590,7 +542,7 @@ def test_a_challenge_does_not_survive_reboot(bench: Bench) -> None:
 
 
 @pytest.mark.parametrize("change", ["command_id", "pulses", "challenge"])
-def test_the_challenge_is_bound_to_id_dose_and_value(bench: Bench, change: str) -> None:
+def test_the_challenge_is_bound_to_id_dose_and_value(bench: Remote, change: str) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(8), 10)
     command_id, pulses = cid(8), 10
@@ -626,23 +578,23 @@ TIGHTER = LimitPolicy(1, 100, 150, 500)
 LOOSER = LimitPolicy(2, 240, 400, 1200)
 
 
-def test_a_policy_needs_an_enrolled_prescriber(bench: Bench) -> None:
+def test_a_policy_needs_an_enrolled_prescriber(bench: Remote) -> None:
     body, signature = signed(TIGHTER, bench.rig)
     refusal = refused(lambda: bench.client.upload_policy(body, signature))
     assert refusal.code is RefusalCode.NO_PRESCRIBER
     assert bench.rig.pump.persistent.policy == LimitPolicy.factory()
 
 
-def _remote_derived_key(bench: Bench) -> Ed25519PrivateKey:
+def _remote_derived_key(bench: Remote) -> Ed25519PrivateKey:
     """The best the remote can do: an Ed25519 key made from its own secret."""
-    static = KeyStore.open(bench.keys_dir).remote_static()
+    static = KeyStore.open(bench.path).remote_static()
     return Ed25519PrivateKey.from_private_bytes(static.private_bytes_raw())
 
 
 @pytest.mark.parametrize(
     "forgery", ["unsigned", "wrong_key", "remote_key", "other_pump", "out_of_bounds"]
 )
-def test_forged_policies_are_refused(bench: Bench, forgery: str) -> None:
+def test_forged_policies_are_refused(bench: Remote, forgery: str) -> None:
     rig = bench.rig
     enrol_prescriber(rig)
     body = encode_policy(LOOSER, for_pump=rig.pump.pump_id)
@@ -670,7 +622,7 @@ def test_forged_policies_are_refused(bench: Bench, forgery: str) -> None:
     assert over.code is RefusalCode.OVER_SINGLE_LIMIT
 
 
-def test_a_valid_policy_changes_the_limits_and_survives_reboot(bench: Bench) -> None:
+def test_a_valid_policy_changes_the_limits_and_survives_reboot(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     enrol_prescriber(rig)
     client.upload_policy(*signed(LOOSER, rig))
@@ -683,7 +635,7 @@ def test_a_valid_policy_changes_the_limits_and_survives_reboot(bench: Bench) -> 
     assert ("policy", 2) in [(e.event, e.fields.get("version")) for e in flash_audit(rig)]
 
 
-def test_a_tighter_policy_is_enforced_at_its_edge(bench: Bench) -> None:
+def test_a_tighter_policy_is_enforced_at_its_edge(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     enrol_prescriber(rig)
     client.upload_policy(*signed(TIGHTER, rig))
@@ -695,7 +647,7 @@ def test_a_tighter_policy_is_enforced_at_its_edge(bench: Bench) -> None:
 
 
 @pytest.mark.parametrize("reboot", [False, True])
-def test_policy_rollback_is_refused(bench: Bench, reboot: bool) -> None:
+def test_policy_rollback_is_refused(bench: Remote, reboot: bool) -> None:
     rig, client = bench.rig, bench.client
     enrol_prescriber(rig)
     client.upload_policy(*signed(LOOSER, rig))
@@ -712,7 +664,7 @@ def test_policy_rollback_is_refused(bench: Bench, reboot: bool) -> None:
 # --- Audit (S10) --------------------------------------------------------------------------
 
 
-def test_bolus_started_is_on_flash_before_the_reply_leaves(bench: Bench) -> None:
+def test_bolus_started_is_on_flash_before_the_reply_leaves(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, cid(10), 8)
     on_flash_at_reply: list[list[AuditEntry]] = []
@@ -732,7 +684,7 @@ def test_bolus_started_is_on_flash_before_the_reply_leaves(bench: Bench) -> None
     audit_entry.verify_entries([e.signed for e in on_flash_at_reply[0]], public)
 
 
-def test_history_verifies_and_holds_every_delivery(bench: Bench) -> None:
+def test_history_verifies_and_holds_every_delivery(bench: Remote) -> None:
     rig, client = bench.rig, bench.client
     delivered = client.bolus(6)
     challenge = prepare(client, cid(11), 50)
@@ -783,7 +735,7 @@ def _corrupt(rig: Rig, how: str) -> None:
         "delivery_garbage",
     ],
 )
-def test_corrupt_storage_means_safe_state(bench: Bench, how: str) -> None:
+def test_corrupt_storage_means_safe_state(bench: Remote, how: str) -> None:
     """Regression (delivery_garbage): in SAFE_STATE after a corrupt delivery store, the first
     basal pulse's tick called _persist_delivery() into the corrupt store and StorageCorrupt
     escaped Pump.tick (the firmware loop died).  In the safe state nothing is written to
@@ -816,7 +768,7 @@ def test_corrupt_storage_means_safe_state(bench: Bench, how: str) -> None:
     assert rig.flash.operations == flash_operations, "the safe state never writes to flash"
 
 
-def test_reset_storage_leaves_the_safe_state_with_nothing_permitted(bench: Bench) -> None:
+def test_reset_storage_leaves_the_safe_state_with_nothing_permitted(bench: Remote) -> None:
     rig = bench.rig
     _corrupt(rig, "main_garbage")
     rig.reboot()

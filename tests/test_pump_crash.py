@@ -30,15 +30,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rig import Rig, pair
 from test_pump import (
-    Bench,
-    attach_remote,
     bolus_pulses,
     fast_forward,
     make_bench,
     prepare,
-    records_in,
     unrecorded_pulses,
 )
 
@@ -47,6 +43,7 @@ from pumpguard.firmware_sim.flash import PowerLoss
 from pumpguard.firmware_sim.panel import Button
 from pumpguard.firmware_sim.pump import Pump, PumpMode
 from pumpguard.host.client import UNASSIGNED_ID, PumpRefused, RemoteClient
+from pumpguard.host.inmemory import Remote, Rig, records_in
 from pumpguard.host.keystore import KeyStore
 from pumpguard.protocol import (
     BolusCommit,
@@ -161,7 +158,7 @@ def assert_old_sessions_refused(rig: Rig, recorded: list[bytes]) -> None:
     assert (bolus_pulses(rig), rig.pump.persistent.outcomes) == before
 
 
-def assert_audit_holds_every_delivery(bench: Bench) -> None:
+def assert_audit_holds_every_delivery(bench: Remote) -> None:
     """The chain verifies; each bolus that delivered has its start and one end entry."""
     client, rig = bench.client, bench.rig
     log = audit_entry.verify_entries(client.history(), client.status().audit_key)
@@ -179,7 +176,7 @@ def assert_audit_holds_every_delivery(bench: Bench) -> None:
         ], "started once, ended once, as recorded"
 
 
-def ops_of(scenario: Callable[[Rig, RemoteClient], object], setup: Callable[[Path], Bench]) -> int:
+def ops_of(scenario: Callable[[Rig, RemoteClient], object], setup: Callable[[Path], Remote]) -> int:
     """Flash operations the scenario performs when nothing goes wrong."""
     with tempfile.TemporaryDirectory() as directory:
         bench = setup(Path(directory))
@@ -192,7 +189,7 @@ def ops_of(scenario: Callable[[Rig, RemoteClient], object], setup: Callable[[Pat
 
 
 @pytest.fixture
-def bench(tmp_path: Path, witness: NonceWitness) -> Iterator[Bench]:
+def bench(tmp_path: Path, witness: NonceWitness) -> Iterator[Remote]:
     made = make_bench(tmp_path)  # after the witness is installed: it sees every seal
     witness.attach(made.rig.pump)
     yield made
@@ -218,7 +215,7 @@ def test_the_bolus_scenario_writes_at_every_pulse() -> None:
 @pytest.mark.parametrize("keep", KEEPS)
 @pytest.mark.parametrize("k", range(1, BOLUS_OPS + 1))
 def test_power_cut_during_a_bolus(
-    bench: Bench, witness: NonceWitness, k: int, keep: float | None
+    bench: Remote, witness: NonceWitness, k: int, keep: float | None
 ) -> None:
     rig, client = bench.rig, bench.client
     rig.flash.cut_power_at(k, keep=keep)
@@ -289,7 +286,7 @@ def _outcome(message: Message) -> tuple[Outcome, int]:
 
 @pytest.mark.parametrize("k", range(1, COMMIT_OPS + 1))
 def test_a_commit_retried_after_the_cut_never_delivers_twice(
-    bench: Bench, witness: NonceWitness, k: int
+    bench: Remote, witness: NonceWitness, k: int
 ) -> None:
     rig, client = bench.rig, bench.client
     challenge = prepare(client, CMD, BOLUS)
@@ -338,7 +335,7 @@ def test_a_commit_retried_after_the_cut_never_delivers_twice(
     witness.assert_no_reuse(rig)
 
 
-def test_bolus_cut_mid_delivery_is_settled_after_reboot(bench: Bench) -> None:
+def test_bolus_cut_mid_delivery_is_settled_after_reboot(bench: Remote) -> None:
     """The cut lands on the delivery snapshot after a pulse, wherever that op falls.
 
     Regression: a bolus interrupted by the power cut is settled at the first tick after
@@ -365,7 +362,7 @@ def test_bolus_cut_mid_delivery_is_settled_after_reboot(bench: Bench) -> None:
 
 @pytest.mark.parametrize("cut_after", ["state", "audit"])
 def test_a_bolus_settled_just_before_the_cut_is_logged_once(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, cut_after: str
+    bench: Remote, monkeypatch: pytest.MonkeyPatch, cut_after: str
 ) -> None:
     """The bolus's end is committed in three steps (state, audit entry, delivery
     snapshot); the cut lands right after the first or the second, wherever their flash
@@ -408,14 +405,11 @@ def test_a_bolus_settled_just_before_the_cut_is_logged_once(
 # --- A pairing commit -----------------------------------------------------------------------
 
 
-def _unpaired_bench(directory: Path) -> Bench:
-    rig = Rig()
-    keys_dir = directory / "keys"
-    client, link, journal = attach_remote(rig, keys_dir)
-    return Bench(rig, client, link, journal, keys_dir)
+def _unpaired_bench(directory: Path) -> Remote:
+    return Rig().attach(directory / "keys")
 
 
-PAIRING_OPS = ops_of(pair, _unpaired_bench)
+PAIRING_OPS = ops_of(Rig.pair, _unpaired_bench)
 
 
 @pytest.mark.parametrize("keep", KEEPS)
@@ -429,19 +423,19 @@ def test_power_cut_during_pairing(
         witness.attach(rig.pump)
         rig.flash.cut_power_at(k, keep=keep)
         with pytest.raises(PowerLoss):
-            pair(rig, client)
+            rig.pair(client)
         # The remote made its key before sending anything.
-        remote_public = x25519_public_bytes(KeyStore.open(bench.keys_dir).remote_static())
+        remote_public = x25519_public_bytes(KeyStore.open(bench.path).remote_static())
         pump = reboot_and_run(rig, witness)
         pump_side = pump.persistent.remotes
-        remote_side = KeyStore.open(bench.keys_dir).pairing()
+        remote_side = KeyStore.open(bench.path).pairing()
         assert pump_side in ((), (remote_public,)), "all of the pairing or none of it"
         if remote_side is not None:
             assert pump_side == (remote_public,), "the remote never holds a one-sided pairing"
             assert remote_side.pump_static == pump.static_public
 
         if remote_side is None:
-            pair(rig, client)
+            rig.pair(client)
         rig.press(Button.REMOTE_BOLUS_ON)
         client.status()
         assert rig.pump.persistent.remotes == (remote_public,), "listed once after the retry"
@@ -456,7 +450,7 @@ def test_power_cut_during_pairing(
 # --- A limits update -------------------------------------------------------------------------
 
 
-def _prescribed_bench(directory: Path) -> Bench:
+def _prescribed_bench(directory: Path) -> Remote:
     made = make_bench(directory)
     made.rig.pump.panel.press(Button.ENROL_PRESCRIBER, PRESCRIBER.public_key().public_bytes_raw())
     made.rig.tick()

@@ -1,4 +1,4 @@
-"""Pairing on the real pump firmware, through tests/rig.py (SPEC §9.5, §9.6, §13; S4, S8, S11).
+"""Pairing on the real pump firmware, through host/inmemory.py (SPEC §9.5, §9.6, §13; S4, S8, S11).
 
 The pump (:class:`firmware_sim.pump.Pump`), its flash and its front panel are
 real; remotes are real :class:`host.client.RemoteClient` objects or, where a
@@ -46,7 +46,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from rig import DirectLink, Rig, pair, seeded_random
 from vectors_util import load_vectors
 
 from pumpguard.firmware_sim import config
@@ -54,15 +53,12 @@ from pumpguard.firmware_sim.flash import PowerLoss
 from pumpguard.firmware_sim.panel import Button, PanelEvent
 from pumpguard.firmware_sim.pump import PumpMode
 from pumpguard.host import cli
-from pumpguard.host.client import ClientError, LinkDown, NotPaired, PumpRefused, RemoteClient
-from pumpguard.host.journal import Journal
+from pumpguard.host.client import ClientError, LinkDown, NotPaired, PumpRefused
+from pumpguard.host.inmemory import DirectLink, Remote, Rig, records_in, seeded_random
 from pumpguard.host.keystore import KeyStore
-from pumpguard.host.transport import Link, RecordChannel
+from pumpguard.host.rawremote import RawRemote
 from pumpguard.protocol import (
     BolusPrepare,
-    FrameDecoder,
-    HandshakeInitiator,
-    Message,
     PairingInitiator,
     PairingResponder,
     PairingResult,
@@ -70,13 +66,9 @@ from pumpguard.protocol import (
     RecordType,
     RefusalCode,
     Refused,
-    SecureSession,
     Status,
     StatusRequest,
-    decode_message,
     encode_frame,
-    encode_message,
-    paired_peer,
     wire,
     x25519_private,
     x25519_public_bytes,
@@ -85,26 +77,14 @@ from pumpguard.protocol import (
 # --- Helpers ------------------------------------------------------------------
 
 
-def records_in(data: bytes) -> list[bytes]:
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    out = []
-    while (record := decoder.next_record()) is not None:
-        out.append(record)
-    return out
-
-
 def from_pump(rig: Rig) -> list[bytes]:
     """Records the pump has sent and nobody has read yet."""
-    data = bytes(rig.to_remote)
-    rig.to_remote.clear()
-    return records_in(data)
+    return records_in(rig.take_output())
 
 
 def send(rig: Rig, record: bytes) -> list[bytes]:
     """Put one record on the pump's link (as anyone may); return what it answers."""
-    rig.inject(encode_frame(record))
-    return from_pump(rig)
+    return rig.send(record)
 
 
 def mode(rig: Rig) -> PumpMode:
@@ -117,49 +97,22 @@ def of_type(records: list[bytes], record_type: RecordType) -> list[bytes]:
 
 
 def wait(rig: Rig, seconds: float, step: float = 1.0) -> None:
-    """Let time pass, ticking the pump every ``step`` (coarser than rig.advance)."""
-    end = rig.clock.now + seconds
-    while rig.clock.now < end:
-        rig.clock.now = min(end, rig.clock.now + step)
-        rig.tick()
+    """Let time pass, ticking the pump every ``step`` (coarser than rig.advance's default)."""
+    rig.advance(seconds, step)
 
 
-@dataclass
-class Remote:
-    """A RemoteClient whose journal can be closed, so the keys directory can be reused."""
-
-    client: RemoteClient
-    journal: Journal
-    keys: KeyStore
-
-    def close(self) -> None:
-        self.journal.close()
-
-    def key(self) -> X25519PrivateKey:
-        return self.keys.remote_static()
-
-    @property
-    def public(self) -> bytes:
-        return x25519_public_bytes(self.key())
+def public(remote: Remote) -> bytes:
+    """The remote's public key, as the pump lists it once paired."""
+    return x25519_public_bytes(remote.keys.remote_static())
 
 
-def remote(rig: Rig, keys_dir: Path, seed: str, link: Link | None = None) -> Remote:
-    keys = KeyStore.open(keys_dir, random_bytes=seeded_random(seed + "/key"))
-    journal = Journal.open(keys_dir)
-    client = RemoteClient(
-        RecordChannel(link if link is not None else DirectLink(rig), clock=rig.clock),
-        keys,
-        journal,
-        clock=rig.clock,
-        sleep=rig.advance,
-        random_bytes=seeded_random(seed),
-    )
-    return Remote(client, journal, keys)
+def remote(rig: Rig, keys_dir: Path, seed: str, link: DirectLink | None = None) -> Remote:
+    return rig.attach(keys_dir, seed=seed, link=link)
 
 
 def pair_with(rig: Rig, remote: Remote) -> str:
     """``pair`` for any remote, not only the first (rig.pair forgets the last code)."""
-    return pair(rig, remote.client)
+    return rig.pair(remote.client)
 
 
 def panel_log(rig: Rig) -> list[PanelEvent]:
@@ -190,23 +143,10 @@ def lockout_after(failures: int) -> float:
 
 def session_with_pump(
     rig: Rig, key: X25519PrivateKey, pump_static: bytes, seed: str
-) -> SecureSession | None:
+) -> RawRemote | None:
     """A handshake (SPEC §6) by anyone holding ``key``; None if the pump does not answer."""
-    initiator = HandshakeInitiator(
-        local_static=key,
-        peer=paired_peer(key, pump_static, local_is_remote=True),
-        random_bytes=seeded_random(seed),
-    )
-    replies = of_type(send(rig, initiator.start()), RecordType.HANDSHAKE_RESP)
-    if not replies:
-        return None
-    return SecureSession(initiator.finish(replies[0]), established_at=rig.clock.now)
-
-
-def ask(rig: Rig, session: SecureSession, message: Message) -> Message | None:
-    for record in of_type(send(rig, session.seal(encode_message(message))), RecordType.DATA):
-        return decode_message(session.open(record))
-    return None
+    raw = RawRemote(rig, random_bytes=seeded_random(seed), static=key, pump_static=pump_static)
+    return raw if raw.handshake() else None
 
 
 def hand_request(rig: Rig, initiator: PairingInitiator) -> bytes:
@@ -297,7 +237,7 @@ def test_an_attempt_that_outlives_pairing_mode_pairs_nothing(tmp_path: Path) -> 
     rig.user.opens_pairing = False
     rig.press(Button.PAIR)
     alice = remote(rig, tmp_path / "alice", "alice")
-    hand = PairingInitiator(alice.key(), seeded_random("hand"))
+    hand = PairingInitiator(alice.keys.remote_static(), seeded_random("hand"))
     nonce = hand.receive_commit(hand_request(rig, hand))
     hand.receive_pump_nonce(of_type(send(rig, nonce), RecordType.PAIR_PUMP_NONCE)[0])
     wait(rig, config.PAIRING_MODE_TIMEOUT_S + 1)
@@ -321,7 +261,7 @@ def test_reopening_pairing_mode_forgets_the_confirmation_of_the_abandoned_attemp
     rig.user.opens_pairing = False
     rig.press(Button.PAIR)
     alice = remote(rig, tmp_path / "alice", "alice")
-    hand = PairingInitiator(alice.key(), seeded_random("alice/hand"))
+    hand = PairingInitiator(alice.keys.remote_static(), seeded_random("alice/hand"))
     nonce = hand.receive_commit(hand_request(rig, hand))
     hand.receive_pump_nonce(of_type(send(rig, nonce), RecordType.PAIR_PUMP_NONCE)[0])
     rig.press(Button.CONFIRM_CODE)  # the user compared alice's code and confirmed it
@@ -482,14 +422,14 @@ def test_at_most_max_remotes(tmp_path: Path) -> None:
     assert "pairing list full: unpair a remote first" in texts(shown)
     assert mode(rig) is PumpMode.RUNNING
     assert len(rig.pump.persistent.remotes) == wire.MAX_REMOTES
-    assert extra.public not in rig.pump.persistent.remotes
+    assert public(extra) not in rig.pump.persistent.remotes
     assert rig.pump.persistent.pairing_failures == 0  # a full list is not a failed attempt
     for r in remotes:
         assert isinstance(r.client.status(), Status)
     remotes[0].client.unpair()
     pair_with(rig, extra)
     assert isinstance(extra.client.status(), Status)
-    assert set(rig.pump.persistent.remotes) == {r.public for r in [*remotes[1:], extra]}
+    assert set(rig.pump.persistent.remotes) == {public(r) for r in [*remotes[1:], extra]}
 
 
 def test_pairing_the_same_remote_again_takes_no_second_slot(tmp_path: Path) -> None:
@@ -497,7 +437,7 @@ def test_pairing_the_same_remote_again_takes_no_second_slot(tmp_path: Path) -> N
     alice = remote(rig, tmp_path / "alice", "alice")
     pair_with(rig, alice)
     pair_with(rig, alice)
-    assert rig.pump.persistent.remotes == (alice.public,)
+    assert rig.pump.persistent.remotes == (public(alice),)
     assert isinstance(alice.client.status(), Status)
 
 
@@ -538,11 +478,11 @@ def test_unpair_all_on_the_front_panel_erases_every_key(tmp_path: Path) -> None:
     with pytest.raises(LinkDown):
         bob.client.status()
     assert rig.pump.delivery.bolus_pulses_delivered == 4
-    assert_old_remote_refused(rig, alice.key(), recorded)
-    assert_old_remote_refused(rig, bob.key(), recorded)
+    assert_old_remote_refused(rig, alice.keys.remote_static(), recorded)
+    assert_old_remote_refused(rig, bob.keys.remote_static(), recorded)
     rig.reboot()  # and it stays erased
     assert rig.pump.persistent.remotes == ()
-    assert_old_remote_refused(rig, alice.key(), recorded)
+    assert_old_remote_refused(rig, alice.keys.remote_static(), recorded)
 
 
 def test_unpair_from_the_remote_erases_the_key_on_both_sides(tmp_path: Path) -> None:
@@ -551,10 +491,10 @@ def test_unpair_from_the_remote_erases_the_key_on_both_sides(tmp_path: Path) -> 
     pair_with(rig, alice)
     pair_with(rig, bob)
     alice.client.status()
-    old_key = alice.key()
+    old_key = alice.keys.remote_static()
     recorded = session_records(rig.from_remote)
     alice.client.unpair()
-    assert rig.pump.persistent.remotes == (bob.public,)
+    assert rig.pump.persistent.remotes == (public(bob),)
     assert alice.keys.pairing() is None
     assert not alice.keys.key_path.exists()
     with pytest.raises(NotPaired):
@@ -571,8 +511,8 @@ def test_unpair_from_the_remote_erases_the_key_on_both_sides(tmp_path: Path) -> 
     # Alice can pair again, with a new key.
     rig.user.opens_pairing = True
     pair_with(rig, alice)
-    assert alice.public != x25519_public_bytes(old_key)
-    assert set(rig.pump.persistent.remotes) == {bob.public, alice.public}
+    assert public(alice) != x25519_public_bytes(old_key)
+    assert set(rig.pump.persistent.remotes) == {public(bob), public(alice)}
 
 
 # --- Crash consistency of the pairing commit (S8) -------------------------------
@@ -632,8 +572,8 @@ def test_power_cut_at_every_write_of_the_pairing_commit(tmp_path: Path, prefill:
     clean = pairing_commit(tmp_path / "clean", prefill, None)
     assert not clean.cut
     assert clean.writes >= 2
-    old = ((clean.alice.public,), 2)
-    new = ((clean.alice.public, clean.bob.public), 0)
+    old = ((public(clean.alice),), 2)
+    new = ((public(clean.alice), public(clean.bob)), 0)
     persisted = clean.rig.pump.persistent
     assert (persisted.remotes, persisted.pairing_failures) == new
     seen = set()
@@ -675,7 +615,7 @@ def test_power_cut_at_every_write_of_a_failed_attempt(tmp_path: Path) -> None:
             rig.press(Button.REJECT_CODE)
         rig.reboot()
         assert mode(rig) is PumpMode.RUNNING
-        assert rig.pump.persistent.remotes == (alice.public,)
+        assert rig.pump.persistent.remotes == (public(alice),)
         assert isinstance(alice.client.status(), Status)
         return rig, 0
 
@@ -709,7 +649,6 @@ class FaultLink(DirectLink):
         reboot_after: RecordType | None = None,
     ) -> None:
         super().__init__(rig)
-        self._rig = rig
         self.drop = drop
         self.reboot_before = reboot_before
         self.reboot_after = reboot_after
@@ -729,12 +668,12 @@ class FaultLink(DirectLink):
             if self.reboot_before is not None and record[0] == self.reboot_before:
                 self.reboot_before = None
                 self.faults += 1
-                self._rig.reboot()
+                self.rig.reboot()
             super().write(encode_frame(record))
             if self.reboot_after is not None and record[0] == self.reboot_after:
                 self.reboot_after = None
                 self.faults += 1
-                self._rig.reboot()
+                self.rig.reboot()
 
     def read(self, timeout: float) -> bytes:
         kept = [r for r in records_in(super().read(timeout)) if not self._dropped(r)]
@@ -869,7 +808,7 @@ def test_a_key_announced_by_someone_who_does_not_hold_it_is_never_paired(
     rig.user.trusts_blindly = True
     alice = remote(rig, tmp_path / "alice", "alice")
     rng = seeded_random("mallory")
-    request = bytes((RecordType.PAIR_REQUEST,)) + alice.public
+    request = bytes((RecordType.PAIR_REQUEST,)) + public(alice)
     commits = of_type(send(rig, request), RecordType.PAIR_COMMIT) or of_type(
         send(rig, request), RecordType.PAIR_COMMIT
     )
@@ -1041,19 +980,19 @@ class Attacker:
                 self.pump_result = self.as_remote.receive_pump_confirm(record)
 
 
-class MitmLink:
+class MitmLink(DirectLink):
     """The victim remote's end of the wire.  Everything it sends reaches the attacker,
     and it hears only the attacker; time runs as on the rig's own link."""
 
     def __init__(self, rig: Rig, attacker: Attacker) -> None:
-        self._rig = rig
+        super().__init__(rig)
         self._attacker = attacker
 
     def write(self, data: bytes) -> None:
         self._attacker.from_victim(data)
 
     def read(self, timeout: float) -> bytes:
-        rig, attacker = self._rig, self._attacker
+        rig, attacker = self.rig, self._attacker
         end = rig.clock.now + timeout
         while not attacker.to_victim and rig.clock.now < end:
             rig.clock.now = min(end, rig.clock.now + 0.05)
@@ -1165,9 +1104,9 @@ def test_mitm_with_a_pump_user_who_confirms_blindly(tmp_path: Path) -> None:
     assert victim.keys.pairing() is None  # the careful remote user refused
     session = session_with_pump(rig, attacker.remote_key, result.peer_static, "m")
     assert session is not None
-    assert isinstance(ask(rig, session, StatusRequest(1)), Status)
+    assert isinstance(session.ask(StatusRequest(1)), Status)
     motor = rig.motor.pulses - rig.pump.delivery.basal_pulses_delivered
-    refusal = ask(rig, session, BolusPrepare(2, bytes(16), 200))
+    refusal = session.ask(BolusPrepare(2, bytes(16), 200))
     assert isinstance(refusal, Refused)
     assert refusal.code is RefusalCode.REMOTE_BOLUS_DISABLED
     rig.advance(30)
@@ -1195,8 +1134,8 @@ def test_pumpctl_pair_without_a_terminal_does_not_confirm_blindly(
 
 def test_rig_pair_helper_pairs_a_second_remote(tmp_path: Path) -> None:
     rig = Rig()
-    pair(rig, rig.remote(str(tmp_path / "a"), seed="a"))
-    pair(rig, rig.remote(str(tmp_path / "b"), seed="b"))
+    rig.pair(rig.attach(tmp_path / "a", seed="a").client)
+    rig.pair(rig.attach(tmp_path / "b", seed="b").client)
     assert len(rig.pump.persistent.remotes) == 2
 
 
@@ -1205,12 +1144,12 @@ def test_a_new_pairing_switches_remote_bolus_off(tmp_path: Path) -> None:
     code without comparing it has paired a remote that still cannot deliver insulin
     until they also switch remote bolus on at the pump."""
     rig = Rig()
-    first = rig.remote(str(tmp_path / "first"), seed="first")
-    pair(rig, first)
+    first = rig.attach(tmp_path / "first", seed="first").client
+    rig.pair(first)
     rig.press(Button.REMOTE_BOLUS_ON)
     assert rig.pump.persistent.remote_bolus_enabled
-    second = rig.remote(str(tmp_path / "second"), seed="second")
-    pair(rig, second)
+    second = rig.attach(tmp_path / "second", seed="second").client
+    rig.pair(second)
     assert not rig.pump.persistent.remote_bolus_enabled
     assert "remote bolus is now OFF: switch it on again in the menu" in rig.pump.panel.shown("info")
     with pytest.raises(PumpRefused) as refused:

@@ -2,7 +2,7 @@
 
 A :class:`~hypothesis.stateful.RuleBasedStateMachine` drives the real
 :class:`~firmware_sim.pump.Pump` through a real :class:`~host.client.RemoteClient`
-(tests/rig.py) with random commands -- boluses of any size (over the limits too), boluses
+(host/inmemory.py) with random commands -- boluses of any size (over the limits too), boluses
 left running by a remote that went away, cancel from the remote and at the pump, status,
 the clock running on (seconds to hours), reboots, power cut at the k-th storage write,
 remote bolus switched on and off at the panel, and link loss in either direction -- and
@@ -43,17 +43,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from rig import DirectLink, Rig, pair, seeded_random
-from test_pump import Bench, fast_forward, records_in, unrecorded_pulses
+from test_pump import fast_forward, unrecorded_pulses
 from test_pump_crash import assert_audit_holds_every_delivery, sealed_twice
 
 from pumpguard.firmware_sim.flash import PowerLoss
 from pumpguard.firmware_sim.panel import Button
 from pumpguard.firmware_sim.pump import PumpMode
-from pumpguard.host.client import BolusResult, LinkDown, OutcomeUnknown, PumpRefused, RemoteClient
-from pumpguard.host.journal import Journal
-from pumpguard.host.keystore import KeyStore
-from pumpguard.host.transport import RecordChannel
+from pumpguard.host.client import BolusResult, LinkDown, OutcomeUnknown, PumpRefused
+from pumpguard.host.inmemory import Rig, records_in
 from pumpguard.protocol import CommandOutcome, Outcome, RecordType, RefusalCode, SecureSession, wire
 
 HOUR_MS = 3_600_000
@@ -86,18 +83,11 @@ class PumpModel(RuleBasedStateMachine):
         keys_dir = Path(self._tmp.name) / "keys"
         self.rig = Rig(seed="stateful")
         rig = self.rig
-        self.link = DirectLink(rig)
-        self.journal = Journal.open(KeyStore.open(keys_dir).path)
         self.call_started = rig.clock.now
-        self.client = RemoteClient(
-            RecordChannel(self.link, clock=rig.clock),
-            KeyStore.open(keys_dir),
-            self.journal,
-            clock=rig.clock,
-            sleep=self._sleep,
-            random_bytes=seeded_random("stateful-remote"),
-        )
-        self.keys_dir = keys_dir
+        self.remote = rig.attach(keys_dir, seed="stateful-remote", sleep=self._sleep)
+        self.link = self.remote.link
+        self.journal = self.remote.journal
+        self.client = self.remote.client
         self.pump_sealed: list[tuple[bytes, int]] = []
         #: When the pump acknowledged each command id (its reply left the pump).
         self.committed_at: dict[bytes, int] = {}
@@ -107,7 +97,7 @@ class PumpModel(RuleBasedStateMachine):
         self.bolus_total = 0
         self.basal_total = 0
         self._attach()
-        pair(rig, self.client)
+        rig.pair(self.client)
         rig.press(Button.REMOTE_BOLUS_ON)  # off again by a rule now and then
         self.remote_on = True
 
@@ -332,9 +322,7 @@ class PumpModel(RuleBasedStateMachine):
         self._start_call()
         assert self.client.settle_pending() == []
         assert self.journal.pending() == []
-        assert_audit_holds_every_delivery(
-            Bench(self.rig, self.client, self.link, self.journal, self.keys_dir)
-        )
+        assert_audit_holds_every_delivery(self.remote)
 
     # --- invariants -----------------------------------------------------------------------
 
