@@ -150,8 +150,8 @@ def _instrumented(party: PumpParty, tracker: _Tracker) -> Iterator[None]:
         ),
         (
             pump,
-            "_persist_delivery",
-            wrap("delivery snapshot: build + CBOR", pump._persist_delivery),
+            "persist_delivery",
+            wrap("delivery snapshot: build + CBOR", pump.persist_delivery),
         ),
         (
             pumpguard.firmware_sim.audit,

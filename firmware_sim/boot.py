@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pumpguard.protocol import Outcome, PolicyInvalid, RandomBytes, wire
@@ -24,6 +23,7 @@ from pumpguard.protocol import Outcome, PolicyInvalid, RandomBytes, wire
 from . import config
 from .audit import AuditLog
 from .delivery import DeliveryEngine
+from .delivery_snapshot import snapshot_from_bytes
 from .flash import Flash
 from .limits import BolusLedger, LimitError
 from .motor import Motor
@@ -84,7 +84,9 @@ def restore(
         if raw_delivery is None:
             delivery = DeliveryEngine(motor, now=now)
         else:
-            delivery = DeliveryEngine.restore(cbor2.loads(raw_delivery), motor=motor, now=now)
+            delivery = DeliveryEngine.restore(
+                snapshot_from_bytes(raw_delivery), motor=motor, now=now
+            )
     except Exception as exc:  # corrupt delivery snapshot or witness mismatch
         raise StorageFault(f"delivery state invalid: {type(exc).__name__}") from None
     # An outcome left IN_PROGRESS with no bolus in the delivery snapshot:

@@ -5,7 +5,9 @@ which the pump commits to the delivery store after every tick that pulsed
 (SPEC §13.1, §13.3 "Each pulse").  At boot the map comes back from flash and
 ``DeliveryEngine.restore()`` reads it through :func:`decode_snapshot` and
 :func:`reconcile` with the motor's witness (SPEC §13.3 "Boot", step 4).
-:func:`encode_snapshot` and :func:`decode_snapshot` are a pair (STYLE §4).
+:func:`encode_snapshot` and :func:`decode_snapshot` are a pair (STYLE §4), and
+:func:`snapshot_to_bytes` and :func:`snapshot_from_bytes` are the one place
+the map becomes the bytes in the delivery store and back.
 
 The map holds no times: the monotonic clock restarts at boot.  What comes
 back from flash is untrusted.  :func:`decode_snapshot` checks the key set,
@@ -55,6 +57,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
+
+import cbor2
 
 from pumpguard.protocol import wire
 
@@ -128,6 +132,26 @@ def encode_snapshot(snapshot: DeliverySnapshot) -> dict[str, int | bytes]:
         "last_delivered": 0 if last is None else last.delivered,
         "last_reason": 0 if last is None else last.reason.value,
     }
+
+
+def snapshot_to_bytes(snapshot: Mapping[str, int | bytes]) -> bytes:
+    """The stored form of :meth:`DeliveryEngine.snapshot`'s map: deterministic CBOR."""
+    return cbor2.dumps(dict(snapshot), canonical=True)
+
+
+def snapshot_from_bytes(raw: bytes) -> dict[str, object]:
+    """The map back from the delivery store, not yet checked (:func:`decode_snapshot` checks).
+
+    Raises:
+        DeliverySnapshotInvalid: the bytes are not one CBOR map.
+    """
+    try:
+        loaded = cbor2.loads(raw)
+    except Exception:  # any decoding problem means the same: do not trust it
+        raise DeliverySnapshotInvalid("delivery snapshot is not CBOR") from None
+    if not isinstance(loaded, dict):
+        raise DeliverySnapshotInvalid("delivery snapshot is not a map")
+    return loaded
 
 
 def decode_snapshot(raw: Mapping[str, object]) -> DeliverySnapshot:

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pumpguard.protocol import legacy, pulses_to_float_units, wire
@@ -20,6 +19,8 @@ from pumpguard.protocol.audit_entry import AuditEntry
 
 from . import config
 from .audit import AuditLog, AuditVerificationError, verify_entries
+from .delivery_events import DeliverySnapshotInvalid
+from .delivery_snapshot import snapshot_from_bytes
 from .flash import Flash, FlashError, StorageError
 from .motor import Motor, MotorError
 from .state import StateInvalid, decode_state
@@ -145,11 +146,9 @@ def read_status(directory: Path) -> dict[str, Any]:
     delivery: dict[str, Any] = {}
     if raw_delivery is not None:
         try:
-            loaded = cbor2.loads(raw_delivery)
-        except Exception:  # a bad snapshot is reported, not trusted
-            loaded = None
-        if isinstance(loaded, dict):
-            delivery = loaded
+            delivery = snapshot_from_bytes(raw_delivery)
+        except DeliverySnapshotInvalid:  # a bad snapshot is reported, not trusted
+            delivery = {}
     bolus = int(delivery.get("bolus_delivered", 0))
     basal = int(delivery.get("basal_delivered", 0))
     policy = None if state is None else state.policy

@@ -21,7 +21,10 @@ The pump wires parts that each have one job:
 * :mod:`~firmware_sim.boot`: storage read back and checked at power-on;
 * delivery, limits, audit log and stores, in their own modules.
 
-What stays here: boot, the tick, the front panel's buttons, and every write
+* :mod:`~firmware_sim.buttons`: the front panel's button table
+  :data:`~firmware_sim.buttons.BUTTON_TABLE`;
+
+What stays here: boot, the tick, and every write
 to storage, made in this order before a command is acknowledged (SPEC §13.3):
 
 1. the persistent state, atomically (outcome record, ledger reservation);
@@ -36,10 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-
-import cbor2
 
 from pumpguard.protocol import (
     LimitPolicy,
@@ -53,9 +54,10 @@ from pumpguard.protocol import (
     x25519_private,
     x25519_public_bytes,
 )
+from pumpguard.protocol.audit_entry import FieldValue
 from pumpguard.protocol.timebase import ms_floor
 
-from . import config
+from . import buttons, config
 from .audit import AuditLog
 from .boot import StorageFault, restore
 from .commands import Commands, Origin, PumpMode, Role
@@ -67,6 +69,7 @@ from .delivery import (
     DeliveryRefused,
     PulsesDelivered,
 )
+from .delivery_snapshot import snapshot_to_bytes
 from .flash import Flash
 from .limits import BolusLedger
 from .link import (
@@ -79,7 +82,7 @@ from .link import (
 )
 from .motor import Motor
 from .pairing_mode import PairingDone, PairingMode
-from .panel import Button, FrontPanel
+from .panel import FrontPanel
 from .state import OutcomeRecord, PersistentState, encode_state
 from .store import SnapshotStore
 
@@ -169,7 +172,7 @@ class Pump:
         # Step 6 of SPEC §13.3 "Boot": the first writes.
         self._commit_state()
         self._audit.append("boot", {"boot": self._state.boot_count}, ms_floor(now))
-        self._persist_delivery()
+        self.persist_delivery()
         self.panel.show("info", f"pump ready; {len(self._state.remotes)} remote(s) paired")
 
     def _enter_safe_state(self, now: float, why: str) -> None:
@@ -241,7 +244,7 @@ class Pump:
     def tick(self, now: float) -> None:
         """Advance delivery, timeouts and front-panel presses to ``now``."""
         for button, argument in self.panel.take_presses():
-            self._on_button(button, argument, now)
+            buttons.press(self, button, argument, now)
         pulsed = False
         for event in self._delivery.tick(now):
             if isinstance(event, PulsesDelivered):
@@ -254,7 +257,7 @@ class Pump:
                 if not self._safe_state:
                     self._audit.append("alarm", {"alarm": event.alarm.name}, ms_floor(now))
         if pulsed:
-            self._persist_delivery()
+            self.persist_delivery()
         self._expire(now)
         self._alert_rejections(now)
         if not self._safe_state:
@@ -269,59 +272,55 @@ class Pump:
 
     # --- front panel ------------------------------------------------------------------
 
-    def _on_button(self, button: Button, argument: bytes, now: float) -> None:
-        if self._safe_state:
-            if button is Button.RESET_STORAGE:
-                self._reset_storage(now)
-            return
-        if button is Button.PAIR:
-            self._pairing.open(now, local_static=self._static, paired=len(self._state.remotes))
-        elif button is Button.CONFIRM_CODE:
-            done = self._pairing.user_confirms()
-            if done is not None:
-                self._finish_pairing(done, now)
-        elif button is Button.REJECT_CODE:
-            if self._pairing.is_open:
-                self._pairing_failed(now, "code rejected at the pump")
-        elif button in (Button.REMOTE_BOLUS_ON, Button.REMOTE_BOLUS_OFF):
-            enabled = button is Button.REMOTE_BOLUS_ON
-            self._state = replace(self._state, remote_bolus_enabled=enabled)
-            self._commit_state()
-            self._audit.append("remote_bolus", {"enabled": enabled}, ms_floor(now))
-            self.panel.show("info", f"remote bolus {'ON' if enabled else 'OFF'}")
-        elif button is Button.UNPAIR_ALL:
-            self.remove_remotes(list(self._state.remotes), now, "pump")
-        elif button is Button.CANCEL_BOLUS:
-            if self._delivery.active_bolus is not None:
-                self.settle_bolus(self._delivery.cancel_bolus(), now)
-        elif button is Button.SUSPEND:
-            for event in self._delivery.suspend():
-                if isinstance(event, BolusEnded):
-                    self.settle_bolus(event, now)
-            self._persist_delivery()
-        elif button is Button.RESUME:
-            try:
-                self._delivery.resume(now)
-            except DeliveryRefused:
-                self.panel.show("info", "cannot resume now")
-            self._persist_delivery()
-        elif button is Button.ENROL_PRESCRIBER:
-            if len(argument) != wire.ED25519_PUBLIC_LEN:
-                self.panel.show("info", "prescriber key not recognised")
-                return
-            self._state = replace(self._state, prescriber=argument)
-            self._commit_state()
-            self._audit.append(
-                "prescriber_enrolled",
-                {"key_id": hashlib.sha256(argument).digest()[:8]},
-                ms_floor(now),
-            )
-            self.panel.show("info", "prescriber key enrolled")
-        elif button is Button.CLEAR_ALARMS:
-            self._alarms.clear()
-            self.panel.show("info", "alarms cleared")
+    # What each button does, and in which mode, is BUTTON_TABLE (firmware_sim/buttons.py);
+    # these are the writes its rows ask for.
 
-    def _reset_storage(self, now: float) -> None:
+    def open_pairing(self, now: float) -> None:
+        self._pairing.open(now, local_static=self._static, paired=len(self._state.remotes))
+
+    def confirm_pairing(self, now: float) -> None:
+        done = self._pairing.user_confirms()
+        if done is not None:
+            self._finish_pairing(done, now)
+
+    def reject_pairing(self, now: float) -> None:
+        if self._pairing.is_open:
+            self._pairing_failed(now, "code rejected at the pump")
+
+    def set_remote_bolus(self, enabled: bool, now: float) -> None:
+        self._change_setting(
+            replace(self._state, remote_bolus_enabled=enabled),
+            "remote_bolus",
+            {"enabled": enabled},
+            now,
+        )
+        self.panel.show("info", f"remote bolus {'ON' if enabled else 'OFF'}")
+
+    def enrol_prescriber(self, key: bytes, now: float) -> None:
+        self._change_setting(
+            replace(self._state, prescriber=key),
+            "prescriber_enrolled",
+            {"key_id": hashlib.sha256(key).digest()[:8]},
+            now,
+        )
+        self.panel.show("info", "prescriber key enrolled")
+
+    def _change_setting(
+        self, state: PersistentState, event: str, fields: Mapping[str, FieldValue], now: float
+    ) -> None:
+        """A setting changed at the panel: main store, then audit (SPEC §13.3)."""
+        self._state = state
+        self._commit_state()
+        self._audit.append(event, fields, ms_floor(now))
+
+    def unpair_all(self, now: float) -> None:
+        self.remove_remotes(list(self._state.remotes), now, "pump")
+
+    def clear_alarms(self) -> None:
+        self._alarms.clear()
+        self.panel.show("info", "alarms cleared")
+
+    def reset_storage(self, now: float) -> None:
         # Formatting destroys every snapshot before erasing, so a power cut
         # part-way can never bring an older state (say, unpaired keys) back.
         self._main_store.format()
@@ -392,7 +391,7 @@ class Pump:
             self._state = self._state.with_outcome(record)
             self._commit_state()
             return record
-        self._persist_delivery()
+        self.persist_delivery()
         self.panel.show(
             "alert", f"REMOTE BOLUS {pulses_to_units(pulses)} U started - press CANCEL to stop"
         )
@@ -408,7 +407,7 @@ class Pump:
             # Settled before a power cut (found again at boot): write only what
             # the cut may have lost -- never a second end entry.
             self._audit_bolus_end(stored, now)
-            self._persist_delivery()
+            self.persist_delivery()
             return stored
         reserved = self._ledger.reserved
         if reserved is not None and reserved[0] == ended.cmd_id:
@@ -417,7 +416,7 @@ class Pump:
             self._ledger.settle(ended.cmd_id, ended.delivered, now)
         self._commit_outcome(record, now)
         self._audit_bolus_end(record, now, check_recent=False)
-        self._persist_delivery()
+        self.persist_delivery()
         self.panel.show(
             "info", f"bolus {ended.outcome.name.lower()}: {pulses_to_units(ended.delivered)} U"
         )
@@ -482,10 +481,10 @@ class Pump:
         )
         self._commit_state()
 
-    def _persist_delivery(self) -> None:
+    def persist_delivery(self) -> None:
         if self._safe_state:
             return  # storage is not trusted; the motor's witness is the record
-        self._delivery_store.commit(cbor2.dumps(self._delivery.snapshot(), canonical=True))
+        self._delivery_store.commit(snapshot_to_bytes(self._delivery.snapshot()))
 
     # --- read-only view ---------------------------------------------------------------
 

@@ -737,7 +737,7 @@ def _corrupt(rig: Rig, how: str) -> None:
 )
 def test_corrupt_storage_means_safe_state(bench: Remote, how: str) -> None:
     """Regression (delivery_garbage): in SAFE_STATE after a corrupt delivery store, the first
-    basal pulse's tick called _persist_delivery() into the corrupt store and StorageCorrupt
+    basal pulse's tick called persist_delivery() into the corrupt store and StorageCorrupt
     escaped Pump.tick (the firmware loop died).  In the safe state nothing is written to
     flash at all; a bolus into the silent pump fails before anything is journaled."""
     rig, client = bench.rig, bench.client
